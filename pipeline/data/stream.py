@@ -1,0 +1,279 @@
+"""Stream training images from webdataset tar shards, split across ranks and loader workers.
+
+webdataset's own splitters read torch or the RANK/WORLD_SIZE variables, which Paddle does not set,
+so the split here is explicit and exact. For every epoch, all ranks shuffle the shard order with
+the same seed and lay the samples end to end; rank r takes the r-th of `world_size` equal
+contiguous ranges (the last `total % world_size` samples of that epoch's order are left out), so
+ranks see disjoint samples and the same sample count. Each rank's range is split the same way
+across its DataLoader workers. The stream never ends: training length is `train.max_steps`, so
+every rank runs the same number of steps and no collective waits at an epoch end.
+
+Resuming is exact: the order depends only on (seed, epoch, rank, worker), flips on (seed, epoch,
+key), and a worker skips the samples its rank already consumed before decoding them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import paddle
+from PIL import Image
+from webdataset.filters import _shuffle
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = ("jpg", "png")
+
+
+class ShardIndexError(ValueError):
+    """A shard folder without a usable index.json."""
+
+
+class ShardReadError(RuntimeError):
+    """A shard that could not be read to the end, named in the message."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class SampleRange:
+    """Samples [start, stop) of one shard, in the shard's own order."""
+
+    shard: ShardInfo
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def read_shard_index(folder: str | Path, resolution: int | None = None) -> list[ShardInfo]:
+    """Read `<folder>/index.json` and return its shards, checking that each file exists."""
+    folder = Path(folder)
+    index_path = folder / "index.json"
+    if not index_path.is_file():
+        raise ShardIndexError(
+            f"no index.json in shard folder {folder}; build shards with "
+            f"`python shards/build.py --input IMAGES --output {folder}` or fix data.train_shards"
+        )
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ShardIndexError(f"invalid index.json in {folder}: {exc}; rebuild the shards") from exc
+    if resolution is not None and index.get("resolution") not in (None, resolution):
+        raise ShardIndexError(
+            f"shards in {folder} have resolution {index.get('resolution')} but data.resolution is {resolution}; "
+            "rebuild the shards with --resolution or change data.resolution"
+        )
+    shards = []
+    for entry in index.get("shards", []):
+        path = folder / entry["name"]
+        if not path.is_file():
+            raise ShardIndexError(f"shard {path} is listed in index.json but missing; rebuild or restore it")
+        shards.append(ShardInfo(path=path, num_samples=int(entry["samples"])))
+    if not shards or sum(s.num_samples for s in shards) == 0:
+        raise ShardIndexError(f"shard folder {folder} holds no samples; check the --input of shards/build.py")
+    return shards
+
+
+def _seed_for(*parts: object) -> int:
+    """Derive a 64-bit seed from any tuple of values, identical in every process."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def split_range(ranges: list[SampleRange], part: int, num_parts: int) -> list[SampleRange]:
+    """Return the `part`-th of `num_parts` equal contiguous pieces of the concatenated ranges.
+
+    Each piece has floor(total / num_parts) samples; the remainder at the end is left out.
+    """
+    total = sum(len(r) for r in ranges)
+    per_part = total // num_parts
+    begin, end = part * per_part, (part + 1) * per_part
+    pieces, offset = [], 0
+    for r in ranges:
+        lo, hi = max(begin, offset), min(end, offset + len(r))
+        if lo < hi:
+            pieces.append(SampleRange(r.shard, r.start + lo - offset, r.start + hi - offset))
+        offset += len(r)
+    return pieces
+
+
+def epoch_ranges(shards: list[ShardInfo], seed: int, epoch: int, rank: int, world_size: int,
+                 worker_id: int, num_workers: int) -> list[SampleRange]:
+    """Return the sample ranges one loader worker of one rank reads in `epoch`."""
+    order = list(range(len(shards)))
+    random.Random(_seed_for("shard-order", seed, epoch)).shuffle(order)
+    whole = [SampleRange(shards[i], 0, shards[i].num_samples) for i in order]
+    rank_ranges = split_range(whole, rank, world_size)
+    return split_range(rank_ranges, worker_id, num_workers)
+
+
+def samples_per_worker_epoch(shards: list[ShardInfo], world_size: int, num_workers: int) -> int:
+    """Return how many samples each loader worker reads per epoch."""
+    total = sum(s.num_samples for s in shards)
+    return (total // world_size) // num_workers
+
+
+def read_range(sample_range: SampleRange) -> Iterator[dict]:
+    """Yield the raw samples (bytes per member) of one range, raising ShardReadError on corruption."""
+    path = sample_range.shard.path
+    index = 0
+    try:
+        with open(path, "rb") as stream:
+            files = ({**f, "__url__": str(path)} for f in tar_file_iterator(stream))
+            for sample in group_by_keys(files):
+                if index >= sample_range.stop:
+                    return
+                if index >= sample_range.start:
+                    if "json" not in sample or not any(s in sample for s in IMAGE_SUFFIXES):
+                        raise ShardReadError(
+                            f"sample {sample['__key__']!r} in shard {path} lacks its image or json member"
+                        )
+                    yield sample
+                index += 1
+    except ShardReadError:
+        raise
+    except Exception as exc:  # tarfile.ReadError, OSError, EOFError, ValueError from truncated data
+        raise ShardReadError(f"shard {path} is corrupt or truncated near sample {index}: {exc}") from exc
+    if index < sample_range.stop:
+        raise ShardReadError(
+            f"shard {path} ended after {index} samples but index.json lists {sample_range.shard.num_samples}; "
+            "run `python shards/verify.py` on the shard folder"
+        )
+
+
+def decode_image(sample: dict, resolution: int, flip: bool) -> np.ndarray:
+    """Decode a sample's image to float32 CHW in [-1, 1], flipped horizontally if asked."""
+    suffix = next(s for s in IMAGE_SUFFIXES if s in sample)
+    with Image.open(io.BytesIO(sample[suffix])) as img:
+        img = img.convert("RGB")
+        if img.size != (resolution, resolution):
+            raise ShardReadError(
+                f"sample {sample['__key__']!r} in {sample.get('__url__')} is {img.size[0]}x{img.size[1]}, "
+                f"expected {resolution}x{resolution}; rebuild the shards with --resolution {resolution}"
+            )
+        pixels = np.asarray(img, dtype=np.float32)
+    if flip:
+        pixels = pixels[:, ::-1, :]
+    # HWC uint8 values -> CHW in [-1, 1], as ToTensor + Normalize(0.5, 0.5).
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)) / 127.5 - 1.0
+
+
+class ShardStream(paddle.io.IterableDataset):
+    """Infinite stream of (image, data_error_count) for one rank, in webdataset tar shards.
+
+    A subclass of paddle.io.IterableDataset, because paddle.io.DataLoader treats a bare webdataset
+    pipeline as map-style and its reader dies on len().
+
+    Args:
+        shard_dir: folder holding index.json and the shards.
+        rank, world_size: this process's place in the data-parallel group.
+        batch_size: images per batch, used to turn `skip_batches` into samples.
+        skip_batches: batches this rank consumed before a resume.
+        on_error: "raise" stops at a corrupt shard; "skip" logs it and moves on, counting it.
+    """
+
+    def __init__(self, shard_dir: str | Path, *, resolution: int, rank: int, world_size: int, seed: int,
+                 batch_size: int, shuffle_buffer: int = 1000, flip_prob: float = 0.5,
+                 skip_batches: int = 0, on_error: str = "raise"):
+        super().__init__()
+        self.shards = read_shard_index(shard_dir, resolution)
+        total = sum(s.num_samples for s in self.shards)
+        if total < world_size:
+            raise ShardIndexError(
+                f"shard folder {shard_dir} holds {total} samples, fewer than the {world_size} ranks; add images"
+            )
+        self.resolution = resolution
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.batch_size = batch_size
+        self.shuffle_buffer = shuffle_buffer
+        self.flip_prob = flip_prob
+        self.skip_batches = skip_batches
+        self.on_error = on_error
+
+    def _worker(self) -> tuple[int, int]:
+        info = paddle.io.get_worker_info()
+        return (0, 1) if info is None else (info.id, info.num_workers)
+
+    def _skip_samples(self, worker_id: int, num_workers: int) -> int:
+        # The DataLoader takes batches from workers in turn: batch k came from worker k % num_workers.
+        own_batches = (self.skip_batches - worker_id + num_workers - 1) // num_workers
+        return max(own_batches, 0) * self.batch_size
+
+    def _epoch_samples(self, epoch: int, worker_id: int, num_workers: int, errors: list[int]) -> Iterator[dict]:
+        ranges = epoch_ranges(self.shards, self.seed, epoch, self.rank, self.world_size, worker_id, num_workers)
+        for sample_range in ranges:
+            try:
+                yield from read_range(sample_range)
+            except ShardReadError as exc:
+                if self.on_error == "raise":
+                    raise ShardReadError(f"{exc}. Set data.on_error=skip to skip corrupt shards") from exc
+                errors[0] += 1
+                log.warning("skipping the rest of a corrupt shard (data.on_error=skip): %s", exc)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        worker_id, num_workers = self._worker()
+        per_epoch = samples_per_worker_epoch(self.shards, self.world_size, num_workers)
+        if per_epoch == 0:
+            raise ShardIndexError(
+                f"{sum(s.num_samples for s in self.shards)} samples cannot feed {self.world_size} ranks x "
+                f"{num_workers} loader workers; lower data.num_workers or add images"
+            )
+        skip = self._skip_samples(worker_id, num_workers)
+        # Whole epochs are skipped by arithmetic; the rest by reading without decoding.
+        first_epoch, skip = divmod(skip, per_epoch)
+        errors = [0]
+        for epoch in itertools.count(first_epoch):
+            rng = random.Random(_seed_for("shuffle", self.seed, epoch, self.rank, worker_id))
+            raw = self._epoch_samples(epoch, worker_id, num_workers, errors)
+            yielded = 0
+            for sample in _shuffle(raw, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng):
+                yielded += 1
+                if skip:
+                    skip -= 1
+                    continue
+                flip = random.Random(_seed_for("flip", self.seed, epoch, sample["__key__"])).random() < self.flip_prob
+                yield decode_image(sample, self.resolution, flip), np.array(errors[0], dtype=np.int64)
+            if yielded == 0:
+                raise ShardReadError(
+                    f"rank {self.rank} worker {worker_id} read no sample in epoch {epoch}: every shard it was given "
+                    "is corrupt; run `python shards/verify.py` on the shard folder"
+                )
+
+
+def first_images(shard_dir: str | Path, count: int, resolution: int) -> np.ndarray:
+    """Return the first `count` images of the first shard, unflipped, as [count, 3, H, W] float32."""
+    shards = read_shard_index(shard_dir, resolution)
+    images = []
+    for shard in shards:
+        for sample in read_range(SampleRange(shard, 0, shard.num_samples)):
+            images.append(decode_image(sample, resolution, flip=False))
+            if len(images) == count:
+                return np.stack(images)
+    return np.stack(images)
+
+
+def sample_keys(shard_dir: str | Path, *, rank: int, world_size: int, seed: int, epoch: int,
+                num_workers: int = 1) -> list[str]:
+    """Return the keys one rank reads in one epoch, across all its workers (for tests and audits)."""
+    shards = read_shard_index(shard_dir)
+    keys = []
+    for worker_id in range(num_workers):
+        for sample_range in epoch_ranges(shards, seed, epoch, rank, world_size, worker_id, num_workers):
+            keys.extend(s["__key__"] for s in read_range(sample_range))
+    return keys
