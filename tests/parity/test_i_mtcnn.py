@@ -183,3 +183,21 @@ def test_detect_faces_without_face_shapes(detector):
 def test_grayscale_image_rejected(detector):
     with pytest.raises(ValueError, match="convert\\('RGB'\\)"):
         detector.detect_faces(Image.new("L", (64, 64)))
+
+
+def test_reference_points_match_square_template():
+    expected = [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+    points = reference_points_112()
+    assert points.dtype == np.float32
+    np.testing.assert_allclose(points, expected, rtol=0, atol=1e-4)
+
+
+def test_similarity_fit_recovers_exact_transform():
+    angle_rad, scale = 0.3, 1.7
+    linear = scale * np.array([[np.cos(angle_rad), -np.sin(angle_rad)], [np.sin(angle_rad), np.cos(angle_rad)]])
+    expected = np.hstack([linear, [[5.0], [-3.0]]])  # [2, 3] as cv2 takes it
+    src_points = np.float32([[10, 20], [40, 22], [25, 35], [14, 50], [37, 49]])
+    dst_points = np.float32(src_points @ linear.T + expected[:, 2])
+
+    transform = similarity_transform_for_cv2(src_points, dst_points)
+    np.testing.assert_allclose(transform, expected, rtol=0, atol=1e-4)
