@@ -40,8 +40,8 @@ def extract_feats(facenet, images):
 def age_gap_weights(target_ages, input_ages):
     """Return float64 weights 0.25 * cos(pi * |target - input|) + 0.75 per sample.
 
-    Ages are in years / 100, so every gap must lie in [0, 1]. Equal ages give weight 1, and
-    the largest gap gives 0.5: a large age change may alter the face more.
+    Ages are in years / 100, so every gap must lie in [0, 1]. Equal ages give weight 1 and a
+    gap of 1 gives 0.5, so the identity term relaxes for large age changes.
     """
     age_gaps = np.abs(_as_float64(target_ages) - _as_float64(input_ages))
     if age_gaps.size and (age_gaps.min() < 0.0 or age_gaps.max() > 1.0):
@@ -85,7 +85,7 @@ class IDLoss(nn.Layer):
         """Return (loss, logs) for outputs y_hat, targets y and inputs x, all [B, 3, 256, 256].
 
         `weights` [B] (see age_gap_weights) or None for the unweighted loss. The loss is a
-        scalar float32 tensor with a gradient to y_hat only. `logs` holds floats: loss_id,
+        scalar float32 tensor with a gradient to y_hat only. `logs` contains floats: loss_id,
         id_improve (mean diff_target - diff_views) and per-sample lists diff_target,
         diff_input, diff_views and id_weights.
         """
@@ -138,7 +138,7 @@ def similarity_logs(loss, diff_target, diff_input, diff_views, weight_values):
 def id_embedding(backbone, aligned_faces):
     """Return l2-normalised embeddings [N, E] of aligned 112x112 faces [N, 3, 112, 112] in [-1, 1].
 
-    Puts `backbone` in eval mode and runs it without gradient; the evaluation uses it with
+    Puts `backbone` in eval mode and runs it without gradient. The evaluation calls it with
     CurricularFace IR-101 on MTCNN-aligned crops.
     """
     if aligned_faces.ndim != 4 or list(aligned_faces.shape[1:]) != [3, EMBEDDING_INPUT_SIZE, EMBEDDING_INPUT_SIZE]:

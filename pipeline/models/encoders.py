@@ -1,8 +1,8 @@
 """pSp GradualStyleEncoder on an IR-SE body, used for SAM's age encoder and the frozen pSp encoder.
 
-The body taps three feature maps (c1 at 1/4, c2 at 1/8, c3 at 1/16 of the input size),
-merges them top-down into a small feature pyramid, and maps each pyramid level to a group of
-W+ style vectors: styles [0, 3) read c3, [3, 7) read p2, [7, n_styles) read p1.
+The encoder taps three body feature maps: c1 at 1/4, c2 at 1/8 and c3 at 1/16 of the input
+size. It merges them top-down into a small feature pyramid (p2, p1) and maps each level to a
+group of W+ style vectors. Styles [0, 3) read c3, [3, 7) read p2 and [7, n_styles) read p1.
 """
 
 import math

@@ -2,8 +2,8 @@
 
 Module attribute names follow the official PyTorch tree (`input_layer`, `body`,
 `output_layer`, `shortcut_layer`, `res_layer`, `fc1`/`fc2`), so converted checkpoints load
-by key. Widths are constructor arguments so the reduced parity models and the paper models
-come from the same classes.
+by key. Widths, SE hidden width and embedding size are constructor arguments with the
+official values as defaults, so the reduced-width test models use the same classes.
 """
 
 import math

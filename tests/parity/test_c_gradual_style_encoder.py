@@ -11,7 +11,7 @@ from tests.parity.test_f_id_loss_irse50 import load_official_state_dict
 pytestmark = pytest.mark.parity
 
 CASE = "c_gradual_style_encoder"
-# The weights are the encoder entries of the SAM-format checkpoint of case d.
+# The weights are the encoder entries of the SAM-format checkpoint of the full-forward case.
 WEIGHTS_CASE = "d_sam_forward_small"
 ATOL, RTOL = 1e-4, 1e-3
 # The reduced case divides every width by 8, uses 64-dimensional styles and 8 styles.
