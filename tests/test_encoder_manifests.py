@@ -6,6 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
+from pipeline.losses.identity import id_embedding
 from pipeline.models.encoders import GradualStyleEncoder, init_from_irse50
 from pipeline.models.irse import Backbone, count_float_elements, ir101, ir_se50
 from pipeline.models.norm import paddle_key
@@ -90,6 +91,17 @@ def test_psp_encoder_state_dict(reference_dir, psp_encoder):
 def test_psp_encoder_float_elements(reference_dir, psp_encoder):
     manifest = read_manifest(reference_dir, "psp_ffhq_encode.json")
     assert count_float_elements(psp_encoder) == manifest_float_elements(manifest, prefix="encoder.")
+
+
+def test_reduced_ir101_embeds_unit_vectors():
+    backbone = Backbone(112, 100, "ir", 0.4, affine=False, stage_widths=(4, 8, 16, 32), embedding_size=16)
+    faces = paddle.to_tensor(np.random.default_rng(0).uniform(-1, 1, (2, 3, 112, 112)).astype(np.float32))
+
+    feats = id_embedding(backbone, faces).numpy()
+
+    assert feats.shape == (2, 16)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+    assert not backbone.training
 
 
 def test_sam_age_encoder_state_dict(reference_dir):

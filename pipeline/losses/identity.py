@@ -68,18 +68,13 @@ def freeze(layer):
 class IDLoss(nn.Layer):
     """Identity loss of SAM on a frozen face embedding network.
 
-    The backbone stays in eval mode even when a parent layer calls .train(), because its
-    BatchNorm statistics and dropout must not change during training.
+    The backbone runs in eval mode even after a parent layer's .train() (Paddle sets the
+    flag on every sublayer), because its BatchNorm statistics and dropout must not change.
     """
 
     def __init__(self, backbone):
         super().__init__()
         self.facenet = freeze(backbone)
-
-    def train(self):
-        super().train()
-        self.facenet.eval()
-        return self
 
     def forward(self, y_hat, y, x, weights=None):
         """Return (loss, logs) for outputs y_hat, targets y and inputs x, all [B, 3, 256, 256].
@@ -89,6 +84,9 @@ class IDLoss(nn.Layer):
         id_improve (mean diff_target - diff_views) and per-sample lists diff_target,
         diff_input, diff_views and id_weights.
         """
+        if self.facenet.training:
+            self.facenet.eval()
+
         batch_size = y_hat.shape[0]
         y_hat_feats = extract_feats(self.facenet, y_hat)
         y_feats, x_feats = self._reference_feats(y, x)

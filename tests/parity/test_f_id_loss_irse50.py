@@ -5,7 +5,7 @@ import paddle
 import pytest
 
 from pipeline.checkpoint.torch_format import load_torch_file
-from pipeline.losses.identity import IDLoss, age_gap_weights, crop_and_pool_face, extract_feats
+from pipeline.losses.identity import IDLoss, age_gap_weights, crop_and_pool_face, extract_feats, id_embedding
 from pipeline.models.irse import Backbone
 from pipeline.models.norm import paddle_key
 
@@ -68,6 +68,17 @@ def test_embeddings(case, id_loss, image):
     np.testing.assert_allclose(feats, case.io[f"feats_{image}"], atol=ATOL, rtol=RTOL)
 
 
+def test_id_embedding_of_pooled_crops(case, id_loss):
+    pooled = crop_and_pool_face(paddle.to_tensor(case.io["x"]))
+    feats = id_embedding(id_loss.facenet, pooled).numpy()
+    np.testing.assert_allclose(feats, case.io["feats_x"], atol=ATOL, rtol=RTOL)
+
+
+def test_id_embedding_rejects_unaligned_size(id_loss):
+    with pytest.raises(ValueError, match="align"):
+        id_embedding(id_loss.facenet, paddle.zeros([1, 3, 256, 256]))
+
+
 def test_age_gap_weights(case):
     weights = age_gap_weights(case.io["target_ages"], case.io["input_ages"])
     assert weights.dtype == np.float64
@@ -112,10 +123,19 @@ def test_loss_gradient_reaches_output_only(case, id_loss):
     assert all(param.grad is None for param in id_loss.facenet.parameters())
 
 
-def test_backbone_stays_in_eval_mode(id_loss):
-    id_loss.train()
+def test_backbone_stays_in_eval_mode(case, id_loss):
+    io = case.io
+    parent = paddle.nn.LayerList([id_loss])
+    stats_before = id_loss.facenet.input_layer[1]._mean.numpy()
+    parent.train()
+
+    loss, _ = id_loss(paddle.to_tensor(io["y_hat"]), paddle.to_tensor(io["y"]), paddle.to_tensor(io["x"]))
+
     assert not id_loss.facenet.training
     assert all(not sublayer.training for sublayer in id_loss.facenet.sublayers())
+    np.testing.assert_array_equal(id_loss.facenet.input_layer[1]._mean.numpy(), stats_before)
+    assert int(id_loss.facenet.input_layer[1].num_batches_tracked) == 0
+    np.testing.assert_allclose(loss.numpy(), io["loss_id_unweighted"], atol=ATOL, rtol=RTOL)
 
 
 def test_age_gap_outside_unit_range_rejected():
