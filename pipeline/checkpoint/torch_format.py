@@ -25,6 +25,7 @@ LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
 _ZIP_SIGNATURE = b"PK\x03\x04"
 _PICKLE_PROTO_OPCODE = b"\x80"
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 class CheckpointFormatError(ValueError):
@@ -392,6 +393,31 @@ def _load_torch_legacy(path):
             raw = _read_exact(file, numel * ref.storage_type.file_dtype.itemsize, path, f"storage {key}")
             storages[key] = _storage_array(path, raw, ref, "little")
     return _materialize(obj, lambda record: _tensor_array(path, record, storages))
+
+
+def detect_file_format(path):
+    """Return "torch_zip", "torch_legacy", "npy" or "paddle" from the content of a checkpoint file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as file:
+        head = file.read(8)
+    if head.startswith(_ZIP_SIGNATURE):
+        return "torch_zip"
+    if head.startswith(_NPY_MAGIC):
+        return "npy"
+    if not head.startswith(_PICKLE_PROTO_OPCODE):
+        raise CheckpointFormatError(
+            f"{path} is not a checkpoint: it starts with {head!r}, expected a zip archive, a pickle or a .npy file"
+        )
+    # A legacy torch file starts with a pickled magic number. Paddle files start with a dict,
+    # whose first NumPy global the empty allow-list rejects before anything else is read.
+    with open(path, "rb") as file:
+        try:
+            first = _unpickle(file, path, {})
+        except CheckpointFormatError:
+            return "paddle"
+    return "torch_legacy" if first == LEGACY_MAGIC_NUMBER else "paddle"
 
 
 def load_torch_file(path):
