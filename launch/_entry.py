@@ -1,0 +1,34 @@
+"""Shared start-up of the entry points: import path, quiet Paddle import, config arguments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# Paddle warns at import when ccache is missing; that only matters for building C++ extensions.
+warnings.filterwarnings("ignore", message="No ccache found")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, help="YAML config file, e.g. configs/tiny.yaml")
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key; the value is read as YAML (repeatable), e.g. -o train.max_steps=20",
+    )
+
+
+def load_config_or_exit(args):
+    """Load the config; on an invalid key or value, print the error and exit with status 2."""
+    from pipeline.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, args.override)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

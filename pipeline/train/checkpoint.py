@@ -1,0 +1,174 @@
+"""Atomic, resumable training checkpoints.
+
+Layout: `<output_dir>/checkpoints/step_<N>/` holding
+  model.safetensors   trainable weights (the age encoder) and the frozen pSp encoder's BatchNorm
+                      statistics, which drift during training
+  optimizer.safetensors + optimizer.json
+                      optimizer state keyed by structured parameter names
+  scaler.json         AMP loss-scaler state (absent when no scaler runs)
+  trainer_state.json  step, images seen, data position, random states, best metric
+  config.yaml         the resolved config of the run
+  COMPLETE            written last; a folder without it is never loaded
+
+Rank 0 writes everything under `.step_<N>.tmp/` and renames the folder once COMPLETE is in it.
+Tensors go to safetensors files and everything else to JSON, so loading a checkpoint never
+unpickles anything and cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.train.state_io import load_tree, save_tree
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "COMPLETE"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete or does not fit the run."""
+
+
+@dataclass
+class CheckpointPaths:
+    folder: Path
+
+    @property
+    def model(self) -> Path:
+        return self.folder / "model"
+
+    @property
+    def optimizer(self) -> Path:
+        return self.folder / "optimizer"
+
+    @property
+    def scaler(self) -> Path:
+        return self.folder / "scaler.json"
+
+    @property
+    def trainer_state(self) -> Path:
+        return self.folder / "trainer_state.json"
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "config.yaml"
+
+    @property
+    def marker(self) -> Path:
+        return self.folder / COMPLETE_MARKER
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(output_dir: str | Path, step: int, *, model_state: dict, optimizer_state: dict,
+                    scaler_state: dict | None, trainer_state: dict, config: dict, keep: int) -> Path:
+    """Write checkpoint `step_<step>` atomically, then delete all but the newest `keep` complete ones."""
+    root = checkpoint_root(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step}"
+    staging = root / f".step_{step}.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    paths = CheckpointPaths(staging)
+
+    # Write the payload, then the marker, then publish the folder with one rename.
+    save_tree(paths.model, model_state)
+    save_tree(paths.optimizer, optimizer_state)
+    if scaler_state is not None:
+        _write_json(paths.scaler, scaler_state)
+    _write_json(paths.trainer_state, trainer_state)
+    paths.config.write_text(yaml.safe_dump(config, sort_keys=False))
+    _write_json(paths.marker, {"step": step})
+    _fsync_dir(staging)
+    if final.exists():
+        # A checkpoint of the same step from an earlier attempt: replace it as a whole.
+        shutil.rmtree(final)
+    os.rename(staging, final)
+    _fsync_dir(root)
+    prune_checkpoints(output_dir, keep)
+    return final
+
+
+def list_complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Return (step, folder) of every complete checkpoint, oldest first."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        match = STEP_DIR.match(entry.name)
+        if match and (entry / COMPLETE_MARKER).is_file():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
+    """Delete complete checkpoints beyond the newest `keep`, and stale staging folders."""
+    complete = list_complete_checkpoints(output_dir)
+    for _, folder in complete[:-keep]:
+        shutil.rmtree(folder, ignore_errors=True)
+    root = checkpoint_root(output_dir)
+    for entry in root.iterdir():
+        if entry.name.startswith(".step_") and entry.name.endswith(".tmp"):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
+    """Return the checkpoint folder to resume from: `auto`, `none` or a path."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        complete = list_complete_checkpoints(output_dir)
+        return complete[-1][1] if complete else None
+    folder = Path(resume)
+    if not folder.is_dir():
+        raise CheckpointError(f"--resume {resume}: no such checkpoint folder; use auto, none or a step_<N> folder")
+    if not (folder / COMPLETE_MARKER).is_file():
+        raise CheckpointError(
+            f"--resume {resume}: the folder has no {COMPLETE_MARKER} marker, so it was never finished; "
+            "use an earlier checkpoint or --resume auto"
+        )
+    return folder
+
+
+def load_checkpoint(folder: Path) -> dict:
+    """Read a complete checkpoint folder into a dict of its parts."""
+    paths = CheckpointPaths(Path(folder))
+    if not paths.marker.is_file():
+        raise CheckpointError(f"checkpoint {folder} is incomplete (no {COMPLETE_MARKER}); it cannot be loaded")
+    return {
+        "model": load_tree(paths.model),
+        "optimizer": load_tree(paths.optimizer),
+        "scaler": json.loads(paths.scaler.read_text()) if paths.scaler.is_file() else None,
+        "trainer_state": json.loads(paths.trainer_state.read_text()),
+        "config": yaml.safe_load(paths.config.read_text()),
+    }

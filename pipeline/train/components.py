@@ -1,0 +1,148 @@
+"""Build the networks of a run from its config: SAM, the frozen loss networks and the optimizer.
+
+Each pretrained network loads from the file its `weights.*` key names. A network without a file
+runs on random weights (seeded by train.seed), and the log says so once, naming the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import paddle
+
+from pipeline.config import Config
+from pipeline.losses.aging import AgingLoss
+from pipeline.losses.identity import IDLoss
+from pipeline.models.dex_vgg import DexVGG
+from pipeline.models.encoders import init_from_irse50
+from pipeline.models.irse import Backbone
+from pipeline.models.lpips import LPIPS
+from pipeline.models.sam import SAM
+
+log = logging.getLogger("sam")
+
+
+def warn_random_weights(network: str, option: str) -> None:
+    log.warning("no weights for %s (%s is null): it runs on RANDOM weights, so its outputs mean nothing", network, option)
+
+
+def load_file_into(layer: paddle.nn.Layer, path: str, kind: str, option: str) -> dict:
+    """Load a converted weights file into `layer` strictly; return the file's extra tensors."""
+    from pipeline.checkpoint.pretrained import load_weights
+
+    return load_weights(layer, path, kind, option=option)
+
+
+def build_sam(cfg: Config) -> SAM:
+    """Build SAM and fill it from weights.sam, or from the generator, pSp and IR-SE50 files."""
+    sam = SAM(cfg.model)
+    weights = cfg.weights
+    if weights.sam:
+        extras = load_file_into(sam, weights.sam, "sam", "weights.sam")
+        log.info("loaded SAM (age encoder, pSp encoder, generator, latent_avg) from %s", weights.sam)
+        return sam
+
+    if weights.stylegan:
+        extras = load_file_into(sam.decoder, weights.stylegan, "stylegan2", "weights.stylegan")
+        latent_avg = extras.get("latent_avg")
+        if latent_avg is None:
+            raise ValueError(f"weights.stylegan file {weights.stylegan} holds no latent_avg; convert the official "
+                             "stylegan2-ffhq-config-f.pt with checkpoints/convert.py")
+        sam.latent_avg.set_value(np.tile(np.asarray(latent_avg, dtype="float32").reshape(1, -1), [sam.n_styles, 1]))
+    else:
+        warn_random_weights("the StyleGAN2 generator", "weights.stylegan")
+        with paddle.no_grad():
+            # latent_avg of a random generator: the mean of its mapping network over random z.
+            mean_w = sam.decoder.mean_latent(4096)
+        sam.latent_avg.set_value(mean_w.reshape([1, -1]).tile([sam.n_styles, 1]))
+
+    if sam.pretrained_encoder is not None:
+        if weights.psp_encoder:
+            load_file_into(sam.pretrained_encoder, weights.psp_encoder, "psp_encoder", "weights.psp_encoder")
+        else:
+            warn_random_weights("the frozen pSp encoder", "weights.psp_encoder")
+
+    if weights.irse50:
+        from pipeline.checkpoint.pretrained import read_weights
+
+        init_from_irse50(sam.encoder, read_weights(weights.irse50, "irse50"), np.random.default_rng(cfg.train.seed))
+        log.info("initialised the age encoder's IR-SE50 body from %s", weights.irse50)
+    else:
+        log.warning("no IR-SE50 weights (weights.irse50 is null): the age encoder starts from random weights")
+    return sam
+
+
+def build_id_loss(cfg: Config) -> IDLoss:
+    backbone = Backbone(112, 50, "ir_se", 0.6, True, stage_widths=tuple(cfg.model.id_net_widths),
+                        embedding_size=cfg.model.id_embedding_size)
+    if cfg.weights.irse50:
+        load_file_into(backbone, cfg.weights.irse50, "irse50", "weights.irse50")
+    else:
+        warn_random_weights("the IR-SE50 identity network", "weights.irse50")
+    return IDLoss(backbone)
+
+
+def build_aging_loss(cfg: Config) -> AgingLoss:
+    dex = DexVGG(conv_widths=tuple(cfg.model.dex_conv_widths), fc_width=cfg.model.dex_fc_width)
+    if cfg.weights.dex:
+        load_file_into(dex, cfg.weights.dex, "dex", "weights.dex")
+    else:
+        warn_random_weights("the DEX age classifier", "weights.dex")
+    return AgingLoss(dex)
+
+
+def build_lpips(cfg: Config) -> LPIPS:
+    lpips = LPIPS("alex")
+    if cfg.weights.lpips:
+        load_file_into(lpips, cfg.weights.lpips, "lpips", "weights.lpips")
+    else:
+        warn_random_weights("LPIPS (AlexNet and its linear heads)", "weights.lpips")
+    lpips.freeze()
+    return lpips
+
+
+@dataclass
+class Components:
+    sam: SAM
+    id_loss: IDLoss
+    aging: AgingLoss
+    lpips: LPIPS
+
+    def load_model_state(self, state: dict, source: str) -> None:
+        """Load a training checkpoint's model state (age encoder and pSp BatchNorm statistics)."""
+        own = {f"encoder.{k}": v for k, v in self.sam.encoder.state_dict().items()}
+        if self.sam.pretrained_encoder is not None:
+            own.update({f"pretrained_encoder.{k}": v for k, v in self.sam.pretrained_encoder.state_dict().items()})
+        unexpected = sorted(set(state) - set(own))
+        missing = sorted(k for k in own if k.startswith("encoder.") and k not in state)
+        if unexpected or missing:
+            raise ValueError(
+                f"checkpoint {source} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                f" ({len(missing)} missing, {len(unexpected)} unexpected); check model.* against its config.yaml"
+            )
+        for key, value in state.items():
+            target = own[key]
+            if list(target.shape) != list(value.shape):
+                raise ValueError(f"checkpoint {source}: {key} has shape {list(value.shape)}, "
+                                 f"the model expects {list(target.shape)}; check model.* against its config.yaml")
+            target.set_value(paddle.to_tensor(value, dtype=target.dtype))
+
+
+def build_components(cfg: Config) -> Components:
+    sam = build_sam(cfg)
+    return Components(sam=sam, id_loss=build_id_loss(cfg), aging=build_aging_loss(cfg), lpips=build_lpips(cfg))
+
+
+def build_optimizer(cfg: Config, sam: SAM):
+    """Build the optimizer over the age encoder's parameters only; the frozen networks get none."""
+    named = [(f"encoder.{name}", p) for name, p in sam.encoder.named_parameters()]
+    if cfg.train.optimizer == "adam":
+        # NOTE: Paddle's Adam keys its state by auto-generated parameter names, so resuming it needs the
+        # networks built in the same order, which build_components guarantees.
+        return paddle.optimizer.Adam(learning_rate=cfg.train.learning_rate, parameters=[p for _, p in named])
+    from pipeline.optim.ranger import Ranger
+
+    return Ranger(parameters=[p for _, p in named], learning_rate=cfg.train.learning_rate,
+                  param_names={p.name: n for n, p in named})
