@@ -72,6 +72,8 @@ class BuildOptions:
         if self.align and self.landmarks is None:
             raise ValueError("--align needs --landmarks PATH, dlib's 68-point shape predictor "
                              "(shape_predictor_68_face_landmarks.dat)")
+        if self.landmarks is not None and not self.align:
+            raise ValueError(f"--landmarks {self.landmarks} is set without --align; add --align or drop --landmarks")
         if self.align and not Path(self.landmarks).is_file():
             raise ValueError(f"--landmarks file {self.landmarks} not found; pass the path of dlib's "
                              "shape_predictor_68_face_landmarks.dat")
@@ -310,7 +312,10 @@ def preflight_alignment(options: BuildOptions) -> str | None:
         return None
     from pipeline.data.face_align import FaceAligner
 
-    FaceAligner(options.landmarks, output_size=options.resolution)
+    try:
+        FaceAligner(options.landmarks, output_size=options.resolution)
+    except ImportError as exc:
+        raise ValueError(str(exc)) from exc
     return file_sha256(Path(options.landmarks))
 
 

@@ -95,8 +95,9 @@ class FolderSource:
         path = self.root / relpath
         try:
             with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                check_file_size(size, max_bytes)
+                # Only the upper limit is checked before reading: files in /proc report size 0.
+                if os.fstat(handle.fileno()).st_size > max_bytes:
+                    check_file_size(os.fstat(handle.fileno()).st_size, max_bytes)
                 data = handle.read(max_bytes + 1)
         except OSError as exc:
             raise stat_problem(exc) from exc

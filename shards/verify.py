@@ -1,0 +1,201 @@
+"""Check a shard folder against its index.json and print one line per problem.
+
+Usage:
+    python shards/verify.py DIR
+
+DIR holds index.json, or splits.json with one folder per split. For every shard the check
+compares the byte size and sha256 with index.json, reads the tar, and checks that every sample
+has exactly its image and its json member, that the image decodes as RGB at the index's
+resolution, and that the sample count matches. Exit status 0 when nothing is wrong, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shards.index import INDEX_FORMAT, INDEX_NAME, SHARD_FILE_PATTERN, SPLITS_NAME  # noqa: E402
+from shards.tario import file_sha256  # noqa: E402
+
+
+def verify_output(folder: Path) -> tuple[list[str], int]:
+    """Verify a build output (one index or a split layout); return problems and the sample count."""
+    folder = Path(folder)
+    if (folder / INDEX_NAME).is_file():
+        return verify_index_folder(folder, label_prefix="")
+    if (folder / SPLITS_NAME).is_file():
+        problems, num_samples = [], 0
+        splits = read_json(folder / SPLITS_NAME, problems)
+        for split in (splits or {}).get("splits", []):
+            split_problems, split_samples = verify_index_folder(folder / split["name"], f"{split['name']}/")
+            problems += split_problems
+            num_samples += split_samples
+        return problems, num_samples
+    return [f"{folder}: no {INDEX_NAME} or {SPLITS_NAME}; build shards with shards/build.py first"], 0
+
+
+def verify_index_folder(folder: Path, label_prefix: str) -> tuple[list[str], int]:
+    """Verify every shard listed in `folder/index.json` and look for unlisted shard files."""
+    problems: list[str] = []
+    index = read_json(folder / INDEX_NAME, problems)
+    if index is None:
+        return problems, 0
+    if index.get("format") != INDEX_FORMAT:
+        problems.append(f"{label_prefix}{INDEX_NAME}: format is {index.get('format')!r}, expected {INDEX_FORMAT!r}")
+        return problems, 0
+
+    listed = set()
+    num_samples = 0
+    for record in index["shards"]:
+        listed.add(record["name"])
+        label = f"{label_prefix}{record['name']}"
+        problems += verify_shard(folder / record["name"], record, index["resolution"], index["image_format"], label)
+        num_samples += record["samples"]
+    if num_samples != index["num_samples"]:
+        problems.append(f"{label_prefix}{INDEX_NAME}: num_samples is {index['num_samples']} but the shards list "
+                        f"{num_samples} samples")
+    for name in sorted(os.listdir(folder)):
+        if SHARD_FILE_PATTERN.match(name) and name not in listed:
+            problems.append(f"{label_prefix}{name}: shard file not listed in {INDEX_NAME}")
+    return problems, num_samples
+
+
+def read_json(path: Path, problems: list[str]) -> dict | None:
+    """Return the parsed JSON file, or None after adding a problem line."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        problems.append(f"{path}: missing")
+    except (OSError, ValueError) as exc:
+        problems.append(f"{path}: unreadable JSON: {exc}")
+    return None
+
+
+def verify_shard(path: Path, record: dict, resolution: int, image_format: str, label: str) -> list[str]:
+    """Return the problems of one shard file."""
+    if not path.is_file():
+        return [f"{label}: missing shard file"]
+    problems = []
+    size_bytes = path.stat().st_size
+    if size_bytes != record["bytes"]:
+        problems.append(f"{label}: size is {size_bytes} bytes, index.json lists {record['bytes']}")
+    if file_sha256(path) != record["sha256"]:
+        problems.append(f"{label}: sha256 differs from index.json (the file is corrupt or was replaced)")
+
+    checker = SampleChecker(label, resolution, image_format)
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            for member in tar:
+                data = tar.extractfile(member).read() if member.isreg() else None
+                checker.add_member(member.name, data)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        problems.append(f"{label}: unreadable tar after {checker.num_members} members: {exc}")
+    checker.finish()
+    problems += checker.problems
+    if checker.num_samples != record["samples"]:
+        problems.append(f"{label}: holds {checker.num_samples} samples, index.json lists {record['samples']}")
+    return problems
+
+
+class SampleChecker:
+    """Group tar members into samples as webdataset does and check each finished sample."""
+
+    def __init__(self, label: str, resolution: int, image_format: str):
+        self.label = label
+        self.resolution = resolution
+        self.image_format = image_format
+        self.problems: list[str] = []
+        self.num_members = 0
+        self.num_samples = 0
+        self.seen_keys: set[str] = set()
+        self.key: str | None = None
+        self.members: dict[str, bytes | None] = {}
+
+    def add_member(self, name: str, data: bytes | None) -> None:
+        """Take the next tar member in file order."""
+        self.num_members += 1
+        key, dot, suffix = name.partition(".")
+        if not dot or "/" in name:
+            self.problems.append(f"{self.label}: unexpected member {name!r} (not <key>.<ext>)")
+            return
+        if key != self.key:
+            self.finish()
+            if key in self.seen_keys:
+                self.problems.append(f"{self.label}: sample {key}: members are not adjacent in the tar")
+            self.key, self.members = key, {}
+            self.seen_keys.add(key)
+        if suffix in self.members:
+            self.problems.append(f"{self.label}: sample {key}: duplicate member {name!r}")
+        self.members[suffix] = data
+
+    def finish(self) -> None:
+        """Check the sample collected so far, if any."""
+        if self.key is None:
+            return
+        self.num_samples += 1
+        for suffix in sorted(set(self.members) - {self.image_format, "json"}):
+            self.problems.append(f"{self.label}: sample {self.key}: unexpected member {self.key}.{suffix}")
+        self._check_image(self.members.get(self.image_format))
+        self._check_json(self.members.get("json"))
+        self.key, self.members = None, {}
+
+    def _check_image(self, data: bytes | None) -> None:
+        prefix = f"{self.label}: sample {self.key}"
+        if data is None:
+            self.problems.append(f"{prefix}: missing {self.image_format} member")
+            return
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                size, mode = image.size, image.mode
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            self.problems.append(f"{prefix}: image does not decode: {exc}")
+            return
+        if size != (self.resolution, self.resolution):
+            self.problems.append(f"{prefix}: image is {size[0]}x{size[1]}, index.json resolution is {self.resolution}")
+        if mode != "RGB":
+            self.problems.append(f"{prefix}: image mode is {mode}, expected RGB")
+
+    def _check_json(self, data: bytes | None) -> None:
+        prefix = f"{self.label}: sample {self.key}"
+        if data is None:
+            self.problems.append(f"{prefix}: missing json member")
+            return
+        try:
+            meta = json.loads(data)
+        except ValueError as exc:
+            self.problems.append(f"{prefix}: json member does not parse: {exc}")
+            return
+        missing = [field for field in ("source", "original_size", "sha256") if field not in meta]
+        if missing:
+            self.problems.append(f"{prefix}: json member lacks {', '.join(missing)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Verify DIR and return the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="output folder of shards/build.py")
+    args = parser.parse_args(argv)
+
+    problems, num_samples = verify_output(args.folder)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"FAILED: {len(problems)} problems in {args.folder}", file=sys.stderr)
+        return 1
+    print(f"OK: {num_samples} samples in {args.folder} match the index", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
