@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import paddle
 
+from pipeline.checkpoint.pretrained import load_weights, read_weights
 from pipeline.config import Config
 from pipeline.losses.aging import AgingLoss
 from pipeline.losses.identity import IDLoss
@@ -28,11 +29,11 @@ def warn_random_weights(network: str, option: str) -> None:
     log.warning("no weights for %s (%s is null): it runs on RANDOM weights, so its outputs mean nothing", network, option)
 
 
-def load_file_into(layer: paddle.nn.Layer, path: str, kind: str, option: str) -> dict:
+def load_file_into(layer: paddle.nn.Layer, path: str, kind: str, option: str, prefix: str = "") -> dict:
     """Load a converted weights file into `layer` strictly; return the file's extra tensors."""
-    from pipeline.checkpoint.pretrained import load_weights
-
-    return load_weights(layer, path, kind, option=option)
+    loaded = load_weights(layer, path, kind, config_option=option, prefix=prefix)
+    log.info("loaded %s weights from %s", kind, path)
+    return loaded.extras
 
 
 def build_sam(cfg: Config) -> SAM:
@@ -40,12 +41,11 @@ def build_sam(cfg: Config) -> SAM:
     sam = SAM(cfg.model)
     weights = cfg.weights
     if weights.sam:
-        extras = load_file_into(sam, weights.sam, "sam", "weights.sam")
-        log.info("loaded SAM (age encoder, pSp encoder, generator, latent_avg) from %s", weights.sam)
+        load_file_into(sam, weights.sam, "sam", "weights.sam")
         return sam
 
     if weights.stylegan:
-        extras = load_file_into(sam.decoder, weights.stylegan, "stylegan2", "weights.stylegan")
+        extras = load_file_into(sam.decoder, weights.stylegan, "stylegan", "weights.stylegan")
         latent_avg = extras.get("latent_avg")
         if latent_avg is None:
             raise ValueError(f"weights.stylegan file {weights.stylegan} holds no latent_avg; convert the official "
@@ -60,14 +60,14 @@ def build_sam(cfg: Config) -> SAM:
 
     if sam.pretrained_encoder is not None:
         if weights.psp_encoder:
-            load_file_into(sam.pretrained_encoder, weights.psp_encoder, "psp_encoder", "weights.psp_encoder")
+            load_file_into(sam.pretrained_encoder, weights.psp_encoder, "psp_encoder", "weights.psp_encoder",
+                           prefix="encoder.")
         else:
             warn_random_weights("the frozen pSp encoder", "weights.psp_encoder")
 
     if weights.irse50:
-        from pipeline.checkpoint.pretrained import read_weights
-
-        init_from_irse50(sam.encoder, read_weights(weights.irse50, "irse50"), np.random.default_rng(cfg.train.seed))
+        irse50_state, _ = read_weights(weights.irse50, "irse50", config_option="weights.irse50")
+        init_from_irse50(sam.encoder, irse50_state, np.random.default_rng(cfg.train.seed))
         log.info("initialised the age encoder's IR-SE50 body from %s", weights.irse50)
     else:
         log.warning("no IR-SE50 weights (weights.irse50 is null): the age encoder starts from random weights")
@@ -103,6 +103,26 @@ def build_lpips(cfg: Config) -> LPIPS:
     return lpips
 
 
+def load_model_state(sam: SAM, state: dict, source: str) -> None:
+    """Load a training checkpoint's model state (age encoder and pSp BatchNorm statistics) into `sam`."""
+    own = {f"encoder.{k}": v for k, v in sam.encoder.state_dict().items()}
+    if sam.pretrained_encoder is not None:
+        own.update({f"pretrained_encoder.{k}": v for k, v in sam.pretrained_encoder.state_dict().items()})
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(k for k in own if k.startswith("encoder.") and k not in state)
+    if unexpected or missing:
+        raise ValueError(
+            f"checkpoint {source} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f" ({len(missing)} missing, {len(unexpected)} unexpected); check model.* against its config.yaml"
+        )
+    for key, value in state.items():
+        target = own[key]
+        if list(target.shape) != list(value.shape):
+            raise ValueError(f"checkpoint {source}: {key} has shape {list(value.shape)}, "
+                             f"the model expects {list(target.shape)}; check model.* against its config.yaml")
+        target.set_value(paddle.to_tensor(value, dtype=target.dtype))
+
+
 @dataclass
 class Components:
     sam: SAM
@@ -111,23 +131,7 @@ class Components:
     lpips: LPIPS
 
     def load_model_state(self, state: dict, source: str) -> None:
-        """Load a training checkpoint's model state (age encoder and pSp BatchNorm statistics)."""
-        own = {f"encoder.{k}": v for k, v in self.sam.encoder.state_dict().items()}
-        if self.sam.pretrained_encoder is not None:
-            own.update({f"pretrained_encoder.{k}": v for k, v in self.sam.pretrained_encoder.state_dict().items()})
-        unexpected = sorted(set(state) - set(own))
-        missing = sorted(k for k in own if k.startswith("encoder.") and k not in state)
-        if unexpected or missing:
-            raise ValueError(
-                f"checkpoint {source} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-                f" ({len(missing)} missing, {len(unexpected)} unexpected); check model.* against its config.yaml"
-            )
-        for key, value in state.items():
-            target = own[key]
-            if list(target.shape) != list(value.shape):
-                raise ValueError(f"checkpoint {source}: {key} has shape {list(value.shape)}, "
-                                 f"the model expects {list(target.shape)}; check model.* against its config.yaml")
-            target.set_value(paddle.to_tensor(value, dtype=target.dtype))
+        load_model_state(self.sam, state, source)
 
 
 def build_components(cfg: Config) -> Components:
@@ -137,7 +141,8 @@ def build_components(cfg: Config) -> Components:
 
 def build_optimizer(cfg: Config, sam: SAM):
     """Build the optimizer over the age encoder's parameters only; the frozen networks get none."""
-    named = [(f"encoder.{name}", p) for name, p in sam.encoder.named_parameters()]
+    # BatchNorm statistics are Paddle parameters with stop_gradient set; the optimizer skips them.
+    named = [(f"encoder.{name}", p) for name, p in sam.encoder.named_parameters() if not p.stop_gradient]
     if cfg.train.optimizer == "adam":
         # NOTE: Paddle's Adam keys its state by auto-generated parameter names, so resuming it needs the
         # networks built in the same order, which build_components guarantees.
