@@ -8,7 +8,8 @@ The update follows the Ranger version 20.4.11 that SAM and pixel2style2pixel shi
    parameter's gradient in place, as the official code does for float32 parameters.
 2. Moments: m = b1 * m + (1 - b1) * g and v = b2 * v + (1 - b2) * g^2.
 3. RAdam rectification: with N_max = 2 / (1 - b2) - 1 and N_s = N_max - 2 s b2^s / (1 - b2^s),
-   the step is lr * r_s * m / (sqrt(v) + eps) when N_s > n_sma_threshold, else lr * m / (1 - b1^s).
+   the step is lr * step_size * m / (sqrt(v) + eps) when N_s > n_sma_threshold (step_size from
+   `rectification`), else lr * m / (1 - b1^s).
 4. Lookahead: every k-th step the slow copy moves alpha of the way to the parameter, and the
    parameter is reset to it.
 
@@ -74,10 +75,10 @@ class RangerStateError(KeyError):
 
 def _format_names(names):
     names = sorted(names)
-    shown = ", ".join(names[:_MAX_NAMES_IN_ERROR])
+    listed = ", ".join(names[:_MAX_NAMES_IN_ERROR])
     if len(names) > _MAX_NAMES_IN_ERROR:
-        shown += f", ... ({len(names) - _MAX_NAMES_IN_ERROR} more)"
-    return f"[{shown}]"
+        listed += f", ... ({len(names) - _MAX_NAMES_IN_ERROR} more)"
+    return f"[{listed}]"
 
 
 def _split_named_parameters(parameters, param_names):
@@ -386,8 +387,8 @@ def _select_parameters(own_params, parameters, no_grad_set):
 
     selected = own_params
     if parameters:
-        wanted = as_names(parameters)
-        selected = [param for param in selected if param.name in wanted]
+        requested = as_names(parameters)
+        selected = [param for param in selected if param.name in requested]
     if no_grad_set:
         excluded = as_names(no_grad_set)
         selected = [param for param in selected if param.name not in excluded]
