@@ -116,7 +116,8 @@ class _TorchPickler(pickle._Pickler):
         if isinstance(obj, Parameter):
             return (TorchGlobal("torch._utils", "_rebuild_parameter"), (obj.array, True, collections.OrderedDict()))
         if isinstance(obj, np.ndarray):
-            contiguous = np.ascontiguousarray(obj)
+            # np.ascontiguousarray would give a 0-d array shape [1].
+            contiguous = obj if obj.flags.c_contiguous else obj.copy(order="C")
             strides = tuple(s // contiguous.itemsize for s in contiguous.strides)
             obj = TensorView(contiguous.reshape(-1), 0, contiguous.shape, strides)
         if isinstance(obj, TensorView):
@@ -240,6 +241,7 @@ def test_roundtrip_dtypes_and_containers(tmp_path, legacy):
     assert isinstance(loaded["state_dict"], collections.OrderedDict)
     for key, array in obj["state_dict"].items():
         assert loaded["state_dict"][key].dtype == array.dtype, key
+        assert loaded["state_dict"][key].shape == array.shape, key
         np.testing.assert_array_equal(loaded["state_dict"][key], array)
     np.testing.assert_array_equal(loaded["latent_avg"], obj["latent_avg"])
 

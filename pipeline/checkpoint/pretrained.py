@@ -63,7 +63,11 @@ def _check_metadata(metadata, path, kinds, config_option):
 
 
 def read_weights(path, kind, config_option=None, keys=None):
-    """Read a converted file: return (tensors {key: ndarray}, metadata). `keys` limits what is read."""
+    """Read a converted file: return (tensors {key: ndarray}, metadata).
+
+    `keys`, a predicate on key names, limits what is read. The extras the metadata lists
+    (such as latent_avg) are always read.
+    """
     from safetensors import SafetensorError, safe_open
 
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
@@ -80,7 +84,8 @@ def read_weights(path, kind, config_option=None, keys=None):
         with safe_open(path, framework="np") as file:
             metadata = file.metadata() or {}
             _check_metadata(metadata, path, kinds, config_option)
-            wanted = file.keys() if keys is None else [key for key in file.keys() if keys(key)]
+            extra_keys = set(json.loads(metadata.get("extra_keys", "[]")))
+            wanted = [key for key in file.keys() if keys is None or keys(key) or key in extra_keys]
             tensors = {key: file.get_tensor(key) for key in wanted}
     except SafetensorError as error:
         raise WeightsMismatchError(f"{_option_label(path, config_option)} is not a readable safetensors file: {error}") from error
