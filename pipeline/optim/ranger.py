@@ -217,6 +217,8 @@ class Ranger(Optimizer):
             state = self._initial_state(param)
             self._ranger_state[name] = state
 
+        # NOTE: the float16/bfloat16 parameter path (math in float32, cast back) is not reached by
+        # the CPU tests, which train float32 parameters only.
         grad_fp32 = grad if grad.dtype == paddle.float32 else grad.astype("float32")
         if self.use_gc and grad_fp32.ndim > self._gc_min_dims():
             # In place, so the parameter's gradient is centralised too (as in the official code).
