@@ -121,7 +121,7 @@ class ModulatedConv2d(nn.Layer):
         in_scale = self.modulation(style).reshape([batch, 1, self.in_channels, 1, 1])
         weight = self.scale * self.weight * in_scale
         if self.demodulate:
-            demod = paddle.rsqrt(weight.pow(2).sum(axis=[2, 3, 4]) + self.eps)  # [B, out]
+            demod = paddle.rsqrt(weight.square().sum(axis=[2, 3, 4]) + self.eps)  # [B, out]
             weight = weight * demod.reshape([batch, self.out_channels, 1, 1, 1])
         return weight
 

@@ -50,17 +50,15 @@ def _insert_zeros(x, factor):
     return spread.reshape([n, c, h * factor, w * factor])
 
 
-def _pad_or_crop(x, pad_before, pad_after):
-    """Zero-pad H and W by the positive amounts and crop them by the negative ones."""
-    positive = [max(pad_before, 0), max(pad_after, 0)]
-    if positive != [0, 0]:
-        # F.pad on NCHW takes [left, right, top, bottom].
-        x = F.pad(x, positive + positive)
+def _crop_negative_pad(x, pad_before, pad_after):
+    """Crop H and W where the padding is negative; return the cropped x and the conv padding left."""
     crop_before, crop_after = max(-pad_before, 0), max(-pad_after, 0)
     if crop_before or crop_after:
         h, w = x.shape[2], x.shape[3]
         x = x[:, :, crop_before : h - crop_after, crop_before : w - crop_after]
-    return x
+    before, after = max(pad_before, 0), max(pad_after, 0)
+    # conv2d takes [top, bottom, left, right]; zero padding inside the conv saves a copy of x.
+    return x, [before, after, before, after]
 
 
 def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
@@ -76,17 +74,18 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
     kernel_h, kernel_w = kernel.shape
 
     x = _insert_zeros(x, up)
-    x = _pad_or_crop(x, pad_before, pad_after)
-    if x.shape[2] < kernel_h or x.shape[3] < kernel_w:
+    x, conv_padding = _crop_negative_pad(x, pad_before, pad_after)
+    padded_hw = [x.shape[2] + conv_padding[0] + conv_padding[1], x.shape[3] + conv_padding[2] + conv_padding[3]]
+    if padded_hw[0] < kernel_h or padded_hw[1] < kernel_w:
         raise ValueError(
-            f"upfirdn2d: the padded input {list(x.shape[2:])} is smaller than the kernel "
+            f"upfirdn2d: the padded input {padded_hw} is smaller than the kernel "
             f"{[kernel_h, kernel_w]}; increase pad={pad} or the input size"
         )
 
     # conv2d cross-correlates, so the flipped kernel gives a true convolution.
     weight = paddle.flip(kernel.astype(x.dtype), axis=[0, 1])
     weight = weight.reshape([1, 1, kernel_h, kernel_w]).tile([channels, 1, 1, 1])  # [C, 1, kh, kw]
-    return F.conv2d(x, weight, stride=down, groups=channels)
+    return F.conv2d(x, weight, stride=down, padding=conv_padding, groups=channels)
 
 
 class Upsample(nn.Layer):
