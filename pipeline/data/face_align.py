@@ -50,7 +50,7 @@ class AlignmentQuad:
     side: float  # side length in source pixels
 
     def scaled(self, factor: float) -> "AlignmentQuad":
-        return AlignmentQuad(self.corners * factor, self.side * factor)
+        return AlignmentQuad(self.corners * factor, float(self.side * factor))
 
     def shifted(self, dx: float, dy: float) -> "AlignmentQuad":
         return AlignmentQuad(self.corners + np.array([dx, dy]), self.side)
@@ -85,7 +85,7 @@ def quad_from_landmarks(landmarks: np.ndarray) -> AlignmentQuad:
 
     corners = np.stack([center - x_axis - y_axis, center - x_axis + y_axis,
                         center + x_axis + y_axis, center + x_axis - y_axis])
-    return AlignmentQuad(corners, 2 * half_side)
+    return AlignmentQuad(corners, float(2 * half_side))
 
 
 def align_image(image: Image.Image, quad: AlignmentQuad, output_size: int) -> Image.Image:
@@ -138,7 +138,7 @@ def pad_beyond_edges(image: Image.Image, quad: AlignmentQuad):
 
     blurred = np.asarray(
         Image.fromarray(np.uint8(np.clip(np.rint(padded), 0, 255))).filter(
-            ImageFilter.GaussianBlur(radius=quad.side * BLUR_SIGMA_PER_SIDE)),
+            ImageFilter.GaussianBlur(radius=float(quad.side * BLUR_SIGMA_PER_SIDE))),
         dtype=np.float32)
     padded += (blurred - padded) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
     padded += (np.median(padded, axis=(0, 1)) - padded) * np.clip(mask, 0.0, 1.0)
