@@ -7,10 +7,11 @@ truncation 0.7 of both.
 
 import numpy as np
 import paddle
+import paddle.nn.functional as F
 import pytest
 
 from pipeline.checkpoint.torch_format import load_torch_file
-from pipeline.models.stylegan2 import Generator
+from pipeline.models.stylegan2 import Generator, ModulatedConv2d
 
 pytestmark = pytest.mark.parity
 
@@ -153,3 +154,26 @@ def test_truncation_without_latent_is_rejected(generator, case):
 def test_channels_missing_resolution_is_rejected():
     with pytest.raises(ValueError, match=r"\[32\]"):
         Generator(32, style_dim=64, n_mlp=2, channels={4: 32, 8: 32, 16: 32})
+
+
+@pytest.mark.parametrize("resample", ["none", "upsample", "downsample"])
+def test_grouped_modulated_conv_equals_per_sample_conv(resample):
+    # The generator never downsamples, so the reference case does not reach that path.
+    paddle.seed(0)
+    conv = ModulatedConv2d(
+        4, 6, 3, style_dim=8, upsample=resample == "upsample", downsample=resample == "downsample"
+    )
+    x = paddle.randn([3, 4, 8, 8])
+    style = paddle.randn([3, 8])
+    batched = conv(x, style).numpy()
+
+    for sample in range(3):
+        weight = conv.modulated_weight(style[sample : sample + 1])[0]  # [out, in, k, k]
+        single = x[sample : sample + 1]
+        if resample == "upsample":
+            out = conv.blur(F.conv2d_transpose(single, weight.transpose([1, 0, 2, 3]), stride=2))
+        elif resample == "downsample":
+            out = F.conv2d(conv.blur(single), weight, stride=2)
+        else:
+            out = F.conv2d(single, weight, padding=1)
+        np.testing.assert_allclose(batched[sample], out.numpy()[0], atol=1e-5, rtol=1e-5)
