@@ -37,6 +37,8 @@ class EqualLinear(nn.Layer):
 
     def __init__(self, in_dim, out_dim, bias=True, bias_init=0.0, lr_mul=1.0, activation=None):
         super().__init__()
+        if activation not in (None, "fused_lrelu"):
+            raise ValueError(f"EqualLinear activation must be None or 'fused_lrelu', got {activation!r}")
         self.weight = self.create_parameter(
             [out_dim, in_dim], default_initializer=nn.initializer.Normal(0.0, 1.0 / lr_mul)
         )
