@@ -24,7 +24,7 @@ import PIL
 
 from shards import index as shard_index
 from shards.errors import SkippedInput
-from shards.images import ImageOptions, make_sample
+from shards.images import ImageOptions, configure_pil, make_sample
 from shards.keys import assign_keys
 from shards.plan import Planner, ShardPlan, Split, SplitPlan
 from shards.sources import Entry, escape_path, open_source
@@ -38,7 +38,7 @@ PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """Every setting of one build; see shards/build.py --help for their meaning."""
+    """Every setting of one build, as described by `shards/build.py --help`."""
 
     input: Path
     output: Path
@@ -83,7 +83,7 @@ class BuildOptions:
             raise ValueError(f"--output {self.output} is inside --input {self.input}; choose a folder outside it")
 
     def content_settings(self, landmarks_sha256: str | None) -> dict:
-        """Return the settings that change shard bytes; they go into every plan digest."""
+        """Return the settings that change shard bytes, which go into every plan digest."""
         return {
             "format": shard_index.INDEX_FORMAT,
             "resolution": self.resolution,
@@ -96,7 +96,7 @@ class BuildOptions:
         }
 
     def build_record(self, landmarks_sha256: str | None) -> dict:
-        """Return the options stored in index.json; worker count and output path are left out."""
+        """Return the options stored in index.json, without the worker count and output path."""
         record = self.content_settings(landmarks_sha256)
         record.pop("format")
         record.update({
@@ -149,6 +149,7 @@ def init_worker(options: BuildOptions, kill_with_parent: bool) -> None:
     global _WORKER
     if kill_with_parent:
         set_parent_death_signal()
+    configure_pil()
     aligner = make_shard_aligner(options.landmarks, options.resolution) if options.align else None
     _WORKER = WorkerState(open_source(options.input, exclude=options.output), options.image_options(),
                           options.max_file_mb * MIB, aligner)
@@ -203,6 +204,11 @@ def build_shard(task: tuple[ShardPlan, str]) -> tuple[str, str, dict]:
                 sample = make_member_sample(member)
             except SkippedInput as problem:
                 skipped.append({"path": escape_path(member.relpath), "kind": problem.kind, "reason": problem.reason})
+                continue
+            except Exception as exc:  # noqa: BLE001 - decoders raise arbitrary errors on crafted files
+                reason = f"decoder failed: {type(exc).__name__}: {exc}"
+                print(f"warning: skipped {escape_path(member.relpath)}: {reason}", file=sys.stderr, flush=True)
+                skipped.append({"path": escape_path(member.relpath), "kind": "decode_error", "reason": reason})
                 continue
             writer.add_member(f"{member.key}.{_WORKER.image_options.image_format}", sample.image_bytes)
             writer.add_member(f"{member.key}.json", sample.meta_bytes())
@@ -349,7 +355,7 @@ def plan_digest(settings: dict, plan: ShardPlan) -> str:
 
 
 def build_missing_shards(split_plans: list[SplitPlan], settings: dict, pool, progress: Progress):
-    """Build every shard without a valid checkpoint; return all results and the reused count."""
+    """Build every shard without a valid checkpoint and return all results and the reused count."""
     results: dict[tuple[str, str], dict] = {}
     tasks = []
     for split_plan in split_plans:
@@ -379,7 +385,7 @@ def build_missing_shards(split_plans: list[SplitPlan], settings: dict, pool, pro
 
 
 def write_indexes(options: BuildOptions, split_plans: list[SplitPlan], results: dict, build: dict) -> BuildReport:
-    """Write index.json per output folder (and splits.json with --split); return the counts."""
+    """Write index.json per output folder, and splits.json with --split, and return the counts."""
     report = BuildReport()
     output = Path(options.output)
     split_entries = []

@@ -27,10 +27,14 @@ PNG_COMPRESS_LEVEL = 6
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 EXIF_ORIENTATION_TAG = 0x0112
 
-# A truncated file must fail loudly, never become a half-grey sample.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-# The pixel limit is checked by `open_image` with a clear skip reason, so PIL's own check is off.
-Image.MAX_IMAGE_PIXELS = None
+
+
+def configure_pil() -> None:
+    """Set PIL's process-wide decoding switches for a build process or worker."""
+    # A truncated file must fail loudly, never become a half-grey sample.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    # `open_image` checks the pixel limit with a clear skip reason, so PIL's own check is off.
+    Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,7 @@ def apply_exif_orientation(image: Image.Image) -> tuple[Image.Image, int]:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB; 16-bit grey is scaled by 1/257, not clipped.
+    """Convert any PIL mode to 8-bit RGB, scaling 16-bit grey by 1/257 instead of clipping it.
 
     Alpha is dropped, as PIL's `convert("RGB")` in SAM's transforms does.
     """

@@ -2,7 +2,7 @@
 
 index.json (format "sam-shards/1") lists, in order, every shard with its sample count, byte size
 and sha256, and every input file that did not become a sample with its reason. A checkpoint
-`.checkpoint/<shard>.json` is written for each finished shard; a re-run trusts a shard only when
+`.checkpoint/<shard>.json` is written for each finished shard. A re-run trusts a shard only when
 its checkpoint matches the current plan and the file still has the recorded size and sha256.
 """
 
@@ -85,10 +85,10 @@ def write_splits(output: Path, splits: list[dict], build: dict) -> None:
 
 
 def check_output_folder(output: Path, split_names: list[str]) -> None:
-    """Raise ValueError when `output` holds files that no shard build wrote.
+    """Raise ValueError when `output` contains files that no shard build wrote.
 
-    An empty folder, a folder with an earlier index or checkpoints, and a folder holding only
-    shard files, temporary files and folders named like the requested splits are accepted.
+    Accepted: an empty folder, a folder with an earlier index or checkpoints, and a folder that
+    contains only shard files, temporary files and folders named like the requested splits.
     """
     if not output.exists():
         return
@@ -103,7 +103,7 @@ def check_output_folder(output: Path, split_names: list[str]) -> None:
     ]
     if foreign:
         raise ValueError(
-            f"--output {output} is not empty and holds no earlier shard build (found {foreign[0]!r} "
+            f"--output {output} is not empty and contains no earlier shard build (found {foreign[0]!r} "
             f"among {len(names)} entries); pass an empty or new folder")
 
 

@@ -66,7 +66,7 @@ class SplitPlan:
 
 
 def parse_splits(spec: str | None) -> tuple[Split, ...]:
-    """Parse "train=0.9,val=0.1"; the fractions must be positive and sum to 1."""
+    """Parse a split spec such as "train=0.9,val=0.1" whose positive fractions sum to 1."""
     if not spec:
         return ()
     splits = []

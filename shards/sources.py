@@ -12,6 +12,7 @@ import errno
 import os
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,8 +26,8 @@ class Entry:
 
     `relpath` is a str; on POSIX, undecodable bytes of a file name are kept as surrogate escapes
     (`os.fsdecode`), so `os.fsencode(relpath)` returns the original bytes.
-    `problem` is set when listing already showed that the entry cannot be read (a symlink loop,
-    a FIFO); the scan then skips it with that reason.
+    `problem` is set when the listing already showed that the entry cannot be read, for example
+    a symlink loop or a FIFO. The scan then skips the entry with that reason.
     """
 
     relpath: str
@@ -59,8 +60,15 @@ class FolderSource:
         return entries
 
     def _walk(self, folder: Path, prefix: str, visited: set[str]) -> Iterator[Entry]:
-        with os.scandir(folder) as listing:
-            children = sorted(listing, key=lambda child: os.fsencode(child.name))
+        try:
+            with os.scandir(folder) as listing:
+                children = sorted(listing, key=lambda child: os.fsencode(child.name))
+        except OSError as exc:
+            if not prefix:
+                raise ValueError(f"cannot list --input folder {folder}: {exc.strerror}; check its permissions") from exc
+            yield Entry(prefix.rstrip("/"), problem=SkippedInput(
+                "unreadable", f"unreadable folder: {exc.strerror} (errno {exc.errno}); its files were not listed"))
+            return
         for child in children:
             relpath = prefix + child.name
             try:
@@ -135,7 +143,7 @@ class ZipSource:
             check_file_size(info.file_size, max_bytes)
             with archive.open(info) as handle:
                 data = handle.read(max_bytes + 1)
-        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, OSError, EOFError) as exc:
             raise SkippedInput("unreadable", f"unreadable zip member: {exc}") from exc
         check_file_size(len(data), max_bytes)
         return data

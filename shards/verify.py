@@ -3,7 +3,7 @@
 Usage:
     python shards/verify.py DIR
 
-DIR holds index.json, or splits.json with one folder per split. For every shard the check
+DIR contains index.json, or splits.json with one folder per split. For every shard the check
 compares the byte size and sha256 with index.json, reads the tar, and checks that every sample
 has exactly its image and its json member, that the image decodes as RGB at the index's
 resolution, and that the sample count matches. Exit status 0 when nothing is wrong, 1 otherwise.

@@ -1,8 +1,8 @@
 """FFHQ-style alignment: quad geometry on synthetic landmarks, the warp, and `build.py --align`.
 
 dlib's 68-point model cannot be downloaded here. The end-to-end build test trains a tiny shape
-predictor with dlib itself, which proves detection, landmark plumbing and the no-face path but
-not landmark quality; a real portrait is aligned only when SAM_DLIB_LANDMARKS names the model.
+predictor with dlib itself. It proves detection, the landmark plumbing and the no-face path, but
+not landmark quality. A real portrait is aligned only when SAM_DLIB_LANDMARKS names the model.
 """
 
 import io

@@ -1,8 +1,8 @@
 """Every kind of bad input file ends up either as a correct sample or in index.json `skipped`.
 
-Each test builds a small folder (one good face plus the file under test, made from the real
-faces) and asserts where that file ended up; `assert_all_files_accounted` checks that no input
-file was lost along the way.
+Each test builds a small folder with one good face and the file under test, both made from the
+real faces, and asserts where that file ended up. `assert_all_files_accounted` checks that no
+input file was lost.
 """
 
 import io

@@ -181,8 +181,10 @@ def test_keys_from_paths_unique_and_readable():
     keys = assign_keys(paths)
     assert keys[0] == "00000-00001"
     assert keys[1] == "a_b-c_d"
-    assert keys[2].startswith("a_b-c_d-") and len(keys[2]) == len("a_b-c_d-") + 8
-    assert keys[3].startswith("a_b-c_d-") and keys[3] != keys[2]
+    assert keys[2].startswith("a_b-c_d-")
+    assert len(keys[2]) == len("a_b-c_d-") + 8
+    assert keys[3].startswith("a_b-c_d-")
+    assert keys[3] != keys[2]
     assert keys[4] == "_meta__"
     assert keys[5] == "cafe"
     assert len(set(keys)) == len(keys)
@@ -209,7 +211,7 @@ def test_cli_rejects_invalid_resolution(faces_dir, tmp_path):
 def test_output_with_foreign_files_rejected(faces_dir, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="holds no earlier shard build"):
+    with pytest.raises(ValueError, match="contains no earlier shard build"):
         build(faces_dir / "ffhq", tmp_path / "out")
 
 

@@ -2,14 +2,14 @@
 
 The method is the one used to make the FFHQ dataset (Karras et al., "A Style-Based Generator
 Architecture for GANs", 2019), which SAM also applies to its inputs with a 256-pixel output:
-- an oriented square ("quad") is placed from the eye centres and the mouth corners: its x axis
-  blends the eye-to-eye direction with the eye-to-mouth direction turned by 90 degrees; its half
-  side is max(2.0 x eye distance, 1.8 x eye-to-mouth distance); its centre sits 0.1 of the
-  eye-to-mouth vector below the eye midpoint;
-- a much larger source is first shrunk by an integer factor, the source is cropped around the
-  quad, and a quad that reaches past the image edge gets reflected padding that is blurred and
-  faded to the median colour away from the real pixels;
-- the quad is then warped to the output square with bilinear sampling.
+- an oriented square ("quad") is placed from the eye centres and the mouth corners. Its x axis
+  is the sum of the eye-to-eye vector and the eye-to-mouth vector turned by -90 degrees. Its half
+  side is max(2.0 x eye distance, 1.8 x eye-to-mouth distance). Its centre is the eye midpoint
+  moved by 0.1 of the eye-to-mouth vector toward the mouth.
+- a source much larger than the output is first shrunk by an integer factor. The source is then
+  cropped around the quad. Where the quad reaches past the image edge, the image gets reflected
+  padding that is blurred and faded to the median colour away from the real pixels.
+- the quad is warped to the output square with bilinear sampling.
 The landmark indices follow dlib's 68-point scheme (iBUG 300-W): eyes 36-41 and 42-47, mouth
 corners 48 and 54.
 """
