@@ -410,7 +410,7 @@ def test_forced_kind_overrides_detection(golden, tmp_path):
 def test_load_wrong_kind_names_option(golden, tmp_path):
     destination = convert(tmp_path, [golden("e_dex_aging_loss").weights_path])
 
-    with pytest.raises(WeightsMismatchError, match=r"weights\.irse50=.*holds 'dex' weights.*expects irse50"):
+    with pytest.raises(WeightsMismatchError, match=r"weights\.irse50=.*contains 'dex' weights.*expects irse50"):
         load_weights(small_irse50(), destination, "irse50", config_option="weights.irse50")
 
 

@@ -185,7 +185,7 @@ def _load_any(path):
 
 
 def _flatten_tensors(obj, prefix=""):
-    """Flatten nested dicts of arrays into {'a.b.c': array}; non-array leaves raise."""
+    """Flatten nested dicts of arrays into {'a.b.c': array}, raising on any leaf that is not an array."""
     flat = {}
     for key, value in obj.items():
         name = f"{prefix}{key}"
@@ -367,7 +367,7 @@ def _map_torch_key(kind_name, key):
 
 
 def _map_source_tensors(source, kind, prefix, conversion):
-    """Add one source's tensors to the conversion under our names; return the unmappable keys."""
+    """Add one source's tensors to the conversion under our names and return the keys that match no pattern."""
     unmappable = []
     for key, value in source.tensors.items():
         ours = _map_torch_key(source.kind, key)
@@ -448,14 +448,21 @@ def _group_kind(source_kinds):
 
 def _resolve_kind(sources, forced_kind):
     """Set each source's kind and return the output kind."""
+    if forced_kind and len(sources) == 1:
+        sources[0].kind = forced_kind
+        return KINDS[forced_kind]
     for source in sources:
-        source.kind = forced_kind if (forced_kind and len(sources) == 1) else detect_kind(source)
+        source.kind = detect_kind(source)
     kinds = [source.kind for source in sources]
     if len(sources) == 1 and kinds[0] in KINDS:
         return KINDS[kinds[0]]
     if len(set(kinds)) != len(kinds):
-        raise ConversionError(f"two sources have the same kind: {dict(zip([s.path for s in sources], kinds))}")
-    return KINDS[_group_kind(kinds)]
+        found = {source.path: source.kind for source in sources}
+        raise ConversionError(f"two sources have the same kind, so they do not form one checkpoint: {found}")
+    kind = KINDS[_group_kind(kinds)]
+    if forced_kind and forced_kind != kind.name:
+        raise ConversionError(f"--kind {forced_kind} does not match the sources, which together form {kind.name}")
+    return kind
 
 
 def _prefix_for(kind, source):
@@ -463,7 +470,7 @@ def _prefix_for(kind, source):
 
 
 def convert_sources(sources, forced_kind=None):
-    """Map already-read sources to our keys and layouts; raise ConversionError on unmappable keys."""
+    """Map already-read sources to our keys and layouts, raising ConversionError that names unmappable keys."""
     if forced_kind and forced_kind not in KINDS:
         raise ConversionError(f"unknown kind {forced_kind!r}; choose one of {', '.join(KINDS)}")
     kind = _resolve_kind(sources, forced_kind)
@@ -579,6 +586,8 @@ def summarize(conversion, destination=None):
         lines.append(f"cast to float32: {len(conversion.cast_to_float32)}")
     if "latent_avg" in conversion.tensors:
         lines.append(f"latent_avg: {list(conversion.tensors['latent_avg'].shape)}")
+    elif kind.name == "sam":
+        lines.append("latent_avg: not in the file, so SAM cannot add it to the encoded latents")
     if conversion.opts is not None:
         lines.append(f"opts: {len(conversion.opts)} options kept as JSON metadata")
     for entry in conversion.ignored:

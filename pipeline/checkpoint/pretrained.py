@@ -4,8 +4,8 @@ Usage:
     loaded = load_weights(model.decoder, cfg.weights.stylegan, "stylegan", config_option="weights.stylegan")
     latent_avg = loaded.extras["latent_avg"]  # [512]; not module state
 
-Every key of the layer must come from the file and every file key (below `prefix`, minus the
-declared extras) must land in the layer with the same shape, otherwise WeightsMismatchError
+Every key of the layer must come from the file, and every file key below `prefix` (minus the
+declared extras) must land in the layer with the same shape. Otherwise WeightsMismatchError
 names the missing and unexpected keys, the shape mismatches and the config option.
 """
 
@@ -35,7 +35,7 @@ class WeightsMismatchError(ValueError):
 
 @dataclasses.dataclass
 class LoadedWeights:
-    """What load_weights read besides the module state."""
+    """Result of load_weights: the file's kind, metadata, extras and training options."""
 
     path: str
     kind: str
@@ -57,7 +57,7 @@ def _check_metadata(metadata, path, kinds, config_option):
         )
     if metadata.get("kind") not in kinds:
         raise WeightsMismatchError(
-            f"{label} holds {metadata.get('kind')!r} weights, but this option expects {' or '.join(kinds)}; "
+            f"{label} contains {metadata.get('kind')!r} weights, but this option expects {' or '.join(kinds)}; "
             "point the option at the matching converted file"
         )
 
