@@ -33,6 +33,7 @@ class AmpContext:
         # NOTE: float16 loss scaling is reachable only on a GPU; CI runs the disabled branch.
         self.use_scaler = self.active and cfg.dtype == "float16"
         self.scaler = paddle.amp.GradScaler(enable=self.use_scaler, init_loss_scaling=cfg.init_loss_scaling)
+        self.skipped_steps = 0  # optimizer steps skipped because float16 gradients overflowed
 
     @property
     def skips_nonfinite_steps(self) -> bool:
@@ -49,11 +50,31 @@ class AmpContext:
 
     def step(self, optimizer) -> None:
         """Unscale, skip on overflow (float16 only), step and update the loss scale."""
-        if self.use_scaler:
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
+        if not self.use_scaler:
             optimizer.step()
+            return
+        self.scaler.step(optimizer)
+        if self.scaler._cache_found_inf:
+            self.skipped_steps += 1
+            self._lower_scale_after_overflow()
+        else:
+            self.scaler.update()
+
+    def _lower_scale_after_overflow(self) -> None:
+        """Apply GradScaler's overflow rule without calling update().
+
+        NOTE: Paddle 3.3.1's update() formats float() of the [1]-shaped scale tensor after an
+        overflow, which raises TypeError under NumPy 2.x; this mirrors its bookkeeping instead.
+        Reachable only with float16 AMP on a GPU.
+        """
+        scaler = self.scaler
+        if not scaler._use_dynamic_loss_scaling:
+            return
+        scaler._incr_count = 0
+        scaler._decr_count += 1
+        if scaler._decr_count == scaler._decr_every_n_nan_or_inf:
+            scaler._scale = scaler._scale * scaler._decr_ratio
+            scaler._decr_count = 0
 
     def state_dict(self) -> dict | None:
         if not self.use_scaler:
@@ -75,4 +96,4 @@ class AmpContext:
     def log_values(self) -> dict:
         if not self.use_scaler:
             return {}
-        return {"loss_scale": float(self.scaler._scale.numpy().item())}
+        return {"loss_scale": float(self.scaler._scale.numpy().item()), "amp_skipped_steps": self.skipped_steps}

@@ -1,0 +1,64 @@
+"""Training checkpoints: atomic publication, completion marker, pruning and resume selection."""
+
+import numpy as np
+import pytest
+
+from pipeline.train import checkpoint as ckpt
+
+
+def save(tmp_path, step, keep=3):
+    return ckpt.save_checkpoint(
+        tmp_path, step,
+        model_state={"encoder.w": np.full([2, 3], step, dtype=np.float32), "encoder.n": np.array(step, dtype=np.int64)},
+        optimizer_state={"state": {"encoder.w": {"step": step, "exp_avg": np.ones(3, dtype=np.float32)}}},
+        scaler_state=None, trainer_state={"step": step}, config={"output_dir": str(tmp_path)}, keep=keep,
+    )
+
+
+def test_round_trip_keeps_values_and_shapes(tmp_path):
+    folder = save(tmp_path, 5)
+    data = ckpt.load_checkpoint(folder)
+    np.testing.assert_array_equal(data["model"]["encoder.w"], np.full([2, 3], 5))
+    assert data["model"]["encoder.n"].shape == ()
+    assert data["optimizer"]["state"]["encoder.w"]["step"] == 5
+    assert data["trainer_state"] == {"step": 5}
+
+
+def test_newest_complete_checkpoint_wins(tmp_path):
+    save(tmp_path, 2)
+    save(tmp_path, 4)
+    assert ckpt.resolve_resume("auto", tmp_path).name == "step_4"
+
+
+def test_folder_without_marker_is_never_resumed(tmp_path):
+    save(tmp_path, 2)
+    partial = save(tmp_path, 4)
+    (partial / ckpt.COMPLETE_MARKER).unlink()
+    assert ckpt.resolve_resume("auto", tmp_path).name == "step_2"
+    with pytest.raises(ckpt.CheckpointError, match="COMPLETE"):
+        ckpt.resolve_resume(str(partial), tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match="incomplete"):
+        ckpt.load_checkpoint(partial)
+
+
+def test_staging_folder_is_ignored_and_cleaned(tmp_path):
+    save(tmp_path, 2)
+    staging = ckpt.checkpoint_root(tmp_path) / ".step_4.tmp"
+    staging.mkdir()
+    (staging / "model.safetensors").write_bytes(b"half written")
+    assert ckpt.resolve_resume("auto", tmp_path).name == "step_2"
+    save(tmp_path, 6)
+    assert not staging.exists()
+
+
+def test_only_newest_are_kept(tmp_path):
+    for step in (1, 2, 3, 4):
+        save(tmp_path, step, keep=2)
+    assert [s for s, _ in ckpt.list_complete_checkpoints(tmp_path)] == [3, 4]
+
+
+def test_resume_none_and_bad_path(tmp_path):
+    save(tmp_path, 2)
+    assert ckpt.resolve_resume("none", tmp_path) is None
+    with pytest.raises(ckpt.CheckpointError, match="no such checkpoint"):
+        ckpt.resolve_resume(str(tmp_path / "nowhere"), tmp_path)
