@@ -403,6 +403,14 @@ def test_forced_kind_overrides_detection(golden, tmp_path):
     assert read_metadata(destination)["kind"] == "curricularface"
 
 
+def test_forced_kind_must_match_sources(golden, tmp_path):
+    official = load_torch_file(golden("g_lpips_alex").weights_path)
+    alexnet_path, heads_path = _split_lpips_upstream(official, tmp_path)
+
+    with pytest.raises(ConversionError, match="--kind mtcnn does not match the sources, which together form lpips"):
+        convert(tmp_path, [alexnet_path, heads_path], kind="mtcnn")
+
+
 # ----------------------------------------------------------------------------------------------
 # load_weights errors.
 

@@ -15,6 +15,7 @@ from pipeline.checkpoint.torch_format import (
     LEGACY_MAGIC_NUMBER,
     CheckpointFormatError,
     UnsafeCheckpointError,
+    detect_file_format,
     load_paddle_file,
     load_pickled_npy,
     load_torch_file,
@@ -460,3 +461,18 @@ def test_pickled_npy_payload_rejected(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="rejected"):
         load_pickled_npy(path)
     assert not marker.exists()
+
+
+def test_detect_file_format(tmp_path):
+    import paddle
+
+    array = np.zeros(3, dtype=np.float32)
+    write_torch_file(tmp_path / "zip.pt", {"w": array})
+    write_torch_file(tmp_path / "legacy.pt", {"w": array}, legacy=True)
+    np.save(tmp_path / "dict.npy", {"w": array}, allow_pickle=True)
+    paddle.save({"w": paddle.zeros([3])}, str(tmp_path / "model.pdparams"))
+
+    assert detect_file_format(tmp_path / "zip.pt") == "torch_zip"
+    assert detect_file_format(tmp_path / "legacy.pt") == "torch_legacy"
+    assert detect_file_format(tmp_path / "dict.npy") == "npy"
+    assert detect_file_format(tmp_path / "model.pdparams") == "paddle"

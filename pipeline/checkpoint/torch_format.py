@@ -356,6 +356,12 @@ def _load_torch_zip(path):
 
 
 def _read_exact(file, num_bytes, path, what):
+    remaining_bytes = os.fstat(file.fileno()).st_size - file.tell()
+    if num_bytes > remaining_bytes:
+        # Checked before reading, so a corrupt size cannot make read() allocate a huge buffer.
+        raise CheckpointFormatError(
+            f"{path} is truncated: {what} needs {num_bytes} bytes, only {remaining_bytes} remain"
+        )
     data = file.read(num_bytes)
     if len(data) != num_bytes:
         raise CheckpointFormatError(f"{path} is truncated: {what} needs {num_bytes} bytes, found {len(data)}")
