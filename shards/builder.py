@@ -291,6 +291,7 @@ def run_build(options: BuildOptions, progress: Progress | None = None) -> BuildR
     """Build all shards and index files for `options` and return the counts."""
     progress = progress or Progress()
     options.validate()
+    open_source(options.input, exclude=options.output).close()
     shard_index.check_output_folder(Path(options.output), [split.name for split in options.splits])
     landmarks_sha256 = preflight_alignment(options)
     Path(options.output).mkdir(parents=True, exist_ok=True)

@@ -208,6 +208,13 @@ def test_cli_rejects_invalid_resolution(faces_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_rejects_missing_input(tmp_path):
+    result = run_cli("--input", tmp_path / "nowhere", "--output", tmp_path / "out")
+    assert result.returncode == 2
+    assert f"--input {tmp_path / 'nowhere'} does not exist" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_with_foreign_files_rejected(faces_dir, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("keep me")
