@@ -118,6 +118,23 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model_state: dict, opt
     return final
 
 
+def publish_best(output_dir: str | Path, source: Path) -> Path:
+    """Copy a complete checkpoint to `checkpoints/best/`, replacing the previous best atomically."""
+    root = checkpoint_root(output_dir)
+    best, staging, retired = root / "best", root / ".best.tmp", root / ".best.old"
+    for stale in (staging, retired):
+        if stale.exists():
+            shutil.rmtree(stale)
+    shutil.copytree(source, staging)
+    _fsync_dir(staging)
+    if best.exists():
+        os.rename(best, retired)
+    os.rename(staging, best)
+    _fsync_dir(root)
+    shutil.rmtree(retired, ignore_errors=True)
+    return best
+
+
 def list_complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     """Return (step, folder) of every complete checkpoint, oldest first."""
     root = checkpoint_root(output_dir)

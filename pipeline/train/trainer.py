@@ -103,6 +103,11 @@ class Trainer:
             self.stream, batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers, drop_last=True
         )
         self.logger = RunLogger(self.output_dir, dist_info.rank, cfg.train.max_steps, start_step=self.state.step)
+        self.validator = None
+        if cfg.train.val_interval > 0:
+            from eval.validation import Validator
+
+            self.validator = Validator(cfg, dist_info, self.sam, lpips=self.parts.lpips, dex=self.parts.aging.dex)
         self.worker_errors: dict[int, int] = {}
 
     # ------------------------------------------------------------------------------------------
@@ -127,8 +132,8 @@ class Trainer:
                              "seed": self.cfg.train.seed},
         }
 
-    def save(self) -> None:
-        """Write a checkpoint of the current step from rank 0."""
+    def save(self, as_best: bool = False) -> None:
+        """Write a checkpoint of the current step from rank 0; `as_best` also publishes it as best/."""
         if not self.dist.is_main:
             return
         path = ckpt.save_checkpoint(
@@ -141,6 +146,9 @@ class Trainer:
             keep=self.cfg.train.keep_checkpoints,
         )
         log.info("saved checkpoint %s", path)
+        if as_best:
+            best = ckpt.publish_best(self.output_dir, path)
+            log.info("copied it to %s (%s %.4f)", best, self.cfg.train.best_metric, self.state.best_metric)
 
     def _load(self, folder: Path) -> None:
         data = ckpt.load_checkpoint(folder)
@@ -276,6 +284,23 @@ class Trainer:
         }
         self.logger.status(self.state.step, record)
 
+    def _validate(self) -> bool:
+        """Score the fixed validation subset on every rank; return whether it is the best so far."""
+        from eval.validation import is_improvement
+
+        metric = self.cfg.train.best_metric
+        values = self.validator.run()
+        self.logger.scalars(self.state.step, "val", values)
+        if metric not in values:
+            log.warning("validation produced no %s (train.best_metric); the best checkpoint is not updated", metric)
+            return False
+        improved = is_improvement(metric, values[metric], self.state.best_metric)
+        if improved:
+            self.state.best_metric, self.state.best_step = values[metric], self.state.step
+        log.info("validation at step %d: %s%s", self.state.step,
+                 " ".join(f"{k} {v:.4f}" for k, v in values.items()), " (best so far)" if improved else "")
+        return improved
+
     def _log_images(self, src_img: paddle.Tensor) -> None:
         """Render a few inputs at the configured ages into one VisualDL grid (rank 0 only)."""
         if not self.dist.is_main:
@@ -323,7 +348,11 @@ class Trainer:
                 if grid_images is None:
                     grid_images = paddle.to_tensor(first_images(cfg.data.train_shards, 4, cfg.data.resolution))
                 self._log_images(grid_images)
-            if self.state.step % cfg.train.save_interval == 0 or self.state.step == cfg.train.max_steps:
-                self.save()
+            improved = False
+            if self.validator is not None and self.state.step % cfg.train.val_interval == 0:
+                improved = self._validate()
+            if (self.state.step % cfg.train.save_interval == 0 or self.state.step == cfg.train.max_steps
+                    or improved):
+                self.save(as_best=improved)
         self.logger.close()
         log.info("finished at step %d", self.state.step)
