@@ -74,9 +74,19 @@ def build_sam(cfg: Config) -> SAM:
     return sam
 
 
+def make_id_backbone(cfg: Config) -> Backbone:
+    """Return the IR-SE50 ArcFace of the ID loss, sized by the config, without weights."""
+    return Backbone(112, 50, "ir_se", 0.6, True, stage_widths=tuple(cfg.model.id_net_widths),
+                    embedding_size=cfg.model.id_embedding_size)
+
+
+def make_dex(cfg: Config) -> DexVGG:
+    """Return the DEX VGG age classifier, sized by the config, without weights."""
+    return DexVGG(conv_widths=tuple(cfg.model.dex_conv_widths), fc_width=cfg.model.dex_fc_width)
+
+
 def build_id_loss(cfg: Config) -> IDLoss:
-    backbone = Backbone(112, 50, "ir_se", 0.6, True, stage_widths=tuple(cfg.model.id_net_widths),
-                        embedding_size=cfg.model.id_embedding_size)
+    backbone = make_id_backbone(cfg)
     if cfg.weights.irse50:
         load_file_into(backbone, cfg.weights.irse50, "irse50", "weights.irse50")
     else:
@@ -85,7 +95,7 @@ def build_id_loss(cfg: Config) -> IDLoss:
 
 
 def build_aging_loss(cfg: Config) -> AgingLoss:
-    dex = DexVGG(conv_widths=tuple(cfg.model.dex_conv_widths), fc_width=cfg.model.dex_fc_width)
+    dex = make_dex(cfg)
     if cfg.weights.dex:
         load_file_into(dex, cfg.weights.dex, "dex", "weights.dex")
     else:
