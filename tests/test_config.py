@@ -67,9 +67,12 @@ def test_paper_config_holds_released_recipe():
     assert (cfg.loss.id_lambda, cfg.loss.lpips_lambda, cfg.loss.lpips_lambda_aging) == (0.1, 0.1, 0.1)
     assert (cfg.loss.lpips_lambda_crop, cfg.loss.l2_lambda, cfg.loss.l2_lambda_aging) == (0.6, 0.25, 0.25)
     assert (cfg.loss.l2_lambda_crop, cfg.loss.w_norm_lambda, cfg.loss.aging_lambda) == (1.0, 0.005, 5.0)
-    assert cfg.loss.cycle_lambda == 1.0 and cfg.loss.use_weighted_id_loss
-    assert cfg.model.output_size == 1024 and cfg.model.start_from_encoded_w_plus
-    assert cfg.train.learning_rate == 1e-4 and cfg.train.optimizer == "ranger"
+    assert cfg.loss.cycle_lambda == 1.0
+    assert cfg.loss.use_weighted_id_loss
+    assert cfg.model.output_size == 1024
+    assert cfg.model.start_from_encoded_w_plus
+    assert cfg.train.learning_rate == 1e-4
+    assert cfg.train.optimizer == "ranger"
 
 
 def test_round_trip_through_dict():

@@ -116,7 +116,8 @@ def test_killed_run_resumes_after_its_checkpoint(shards, reference_run, tmp_path
 
     code, logs = run(2, out, overrides(shards, out))
     assert code == 0, logs
-    assert "resumed from" in logs and "at step 2" in logs
+    assert "resumed from" in logs
+    assert "at step 2" in logs
     steps = [r["step"] for r in stats(out)]
     assert steps == list(range(1, STEPS + 1))
 
@@ -142,7 +143,7 @@ def test_corrupt_shard_raise_stops_every_rank(shards, tmp_path):
     assert code != 0
     assert "shard-000002.tar" in logs
     assert "data.on_error=skip" in logs
-    assert time.time() - started < 240  # both ranks stopped, nobody waited for a collective timeout
+    assert time.time() - started < 240  # both ranks stopped without waiting for a collective timeout
 
 
 def test_corrupt_shard_skip_finishes_and_counts(shards, tmp_path):

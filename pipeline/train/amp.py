@@ -85,11 +85,11 @@ class AmpContext:
     def load_state_dict(self, state: dict | None) -> None:
         if state is None:
             if self.use_scaler:
-                log.warning("the checkpoint holds no loss-scaler state; float16 loss scaling restarts at %g",
+                log.warning("the checkpoint contains no loss-scaler state; float16 loss scaling restarts at %g",
                             self.cfg.init_loss_scaling)
             return
         if not self.use_scaler:
-            log.warning("the checkpoint holds a loss-scaler state but this run does not scale the loss; ignoring it")
+            log.warning("the checkpoint contains a loss-scaler state, but this run does not scale the loss, so it is ignored")
             return
         self.scaler.load_state_dict(state)
 

@@ -1,7 +1,7 @@
 """Build the networks of a run from its config: SAM, the frozen loss networks and the optimizer.
 
 Each pretrained network loads from the file its `weights.*` key names. A network without a file
-runs on random weights (seeded by train.seed), and the log says so once, naming the network.
+runs on random weights (seeded by train.seed), and one warning names it.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def build_sam(cfg: Config) -> SAM:
         extras = load_file_into(sam.decoder, weights.stylegan, "stylegan", "weights.stylegan")
         latent_avg = extras.get("latent_avg")
         if latent_avg is None:
-            raise ValueError(f"weights.stylegan file {weights.stylegan} holds no latent_avg; convert the official "
+            raise ValueError(f"weights.stylegan file {weights.stylegan} contains no latent_avg; convert the official "
                              "stylegan2-ffhq-config-f.pt with checkpoints/convert.py")
         sam.latent_avg.set_value(np.tile(np.asarray(latent_avg, dtype="float32").reshape(1, -1), [sam.n_styles, 1]))
     else:

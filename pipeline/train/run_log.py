@@ -83,8 +83,8 @@ class RunLogger:
         drop_records_after(self.stats_path, start_step)
         from visualdl import LogWriter
 
-        # VisualDL names its file by the second it was created; writers of a resumed run created in
-        # the same second would share it, so the name carries the process id too.
+        # VisualDL names its file by the second it was created, so two writers created in the same
+        # second would share it. The name carries the process id too.
         file_name = f"vdlrecords.{int(time.time())}.{os.getpid()}.log"
         self.writer = LogWriter(logdir=str(out / "vdl"), file_name=file_name)
 

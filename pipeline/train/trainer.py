@@ -62,7 +62,7 @@ def _seeded_rng(*parts: int) -> np.random.Generator:
 def draw_target_ages(input_age: paddle.Tensor, rng: np.random.Generator, keep_prob: float):
     """Return (target_age [B], keep_input_age) as SAM draws them.
 
-    With probability keep_prob the batch keeps each input's own estimated age; otherwise every
+    With probability keep_prob the batch keeps each input's own estimated age. Otherwise each
     image gets a whole age drawn uniformly from 0..100 (inclusive), divided by 100.
     """
     keep_input_age = bool(rng.random() <= keep_prob)
