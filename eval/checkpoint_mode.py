@@ -7,7 +7,7 @@ from pathlib import Path
 
 from eval.evaluator import EvalResult, Evaluator
 from eval.metrics import METRICS, MetricPlan, build_metric_networks, plan_metrics
-from eval.report import Grid, alignment_failures, checkpoint_files, describe_file, write_report
+from eval.report import REPORT_FORMAT, Grid, alignment_failures, checkpoint_files, describe_file, write_report
 from eval.summary import summarize
 from pipeline.config import Config, config_to_dict
 from pipeline.data.stream import read_shard_index
@@ -57,7 +57,7 @@ def build_checkpoint_report(cfg: Config, config_dict: dict, checkpoint: str | Pa
                             result: EvalResult) -> dict:
     fields = plan.fields()
     return {
-        "format": "sam-eval-report/1",
+        "format": REPORT_FORMAT,
         "mode": "checkpoint",
         "checkpoint": str(checkpoint),
         "checkpoint_name": checkpoint_name(checkpoint),

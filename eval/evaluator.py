@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -48,7 +48,6 @@ class EvalResult:
     num_images: int
     elapsed_sec: float
     world_size: int
-    image_keys: list[str] = field(default_factory=list)
 
 
 def batches(images: Iterable[EvalImage], batch_size: int) -> Iterator[list[EvalImage]]:
@@ -79,10 +78,13 @@ class Evaluator:
         networks, plan: the metric networks and which metrics run (eval.metrics).
         ages: target ages in years.
         batch_size: images per forward pass.
+        log_progress: log a line after every batch.
     """
 
-    def __init__(self, sam: SAM, networks: MetricNetworks, plan: MetricPlan, ages: list[int], batch_size: int):
+    def __init__(self, sam: SAM, networks: MetricNetworks, plan: MetricPlan, ages: list[int], batch_size: int,
+                 log_progress: bool = True):
         self.sam = sam
+        self.log_progress = log_progress
         self.networks = networks
         self.plan = plan
         self.ages = list(ages)
@@ -97,7 +99,7 @@ class Evaluator:
         grid = {image.index: GridRow(image.index, image.key, [image.pixels]) for image in batch if image.index < grid_count}
 
         for age in self.ages:
-            # Render, then score what a saved output would hold.
+            # Render the outputs, then score them as the uint8 images SAM would save.
             outputs_u8 = outputs_as_saved(age_images(self.sam, src_img, age))
             out_img = to_tensor_batch(outputs_u8)
             scores = self._score_outputs(out_img, src_img, outputs_u8, input_faces, age)
@@ -128,7 +130,7 @@ class Evaluator:
         return scores
 
     def score_images(self, images: Iterable[EvalImage], grid_count: int, total: int) -> tuple[list[dict], list[GridRow]]:
-        """Score a rank's share of the test set; log progress (rank 0's log shows its own share)."""
+        """Score a rank's share of the test set; the progress lines count this rank's images only."""
         records: list[dict] = []
         grid: list[GridRow] = []
         done = 0
@@ -137,7 +139,8 @@ class Evaluator:
             records.extend(batch_records)
             grid.extend(batch_grid)
             done += len(batch)
-            log.info("scored %d/%d images of this rank at %d ages", done, total, len(self.ages))
+            if self.log_progress:
+                log.info("scored %d/%d images of this rank at %d ages", done, total, len(self.ages))
         return records, grid
 
     def run(self, shard_dir: str | Path, resolution: int, info: DistInfo, limit: int | None = None,
@@ -157,6 +160,5 @@ class Evaluator:
         records = sorted((r for rank_records, _ in gathered for r in rank_records),
                          key=lambda r: (r["index"], r["target_age"]))
         grid = sorted((row for _, rows in gathered for row in rows), key=lambda row: row.index)
-        keys_by_index = {r["index"]: r["key"] for r in records}
         return EvalResult(records=records, grid=grid, num_images=total, elapsed_sec=time.perf_counter() - start,
-                          world_size=info.world_size, image_keys=[keys_by_index[i] for i in sorted(keys_by_index)])
+                          world_size=info.world_size)

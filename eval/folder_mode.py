@@ -20,7 +20,7 @@ from eval.evaluator import batches, to_tensor_batch
 from eval.gather import run_on_every_rank
 from eval.metrics import (MetricNetworks, MetricPlan, build_metric_networks, id_similarity, lpips_distances,
                           mse_per_image, plan_metrics)
-from eval.report import Grid, alignment_failures, describe_file, write_report
+from eval.report import REPORT_FORMAT, Grid, alignment_failures, describe_file, write_report
 from eval.samples import rank_indices
 from eval.summary import summarize
 from pipeline.config import Config, config_to_dict
@@ -124,7 +124,7 @@ def build_folder_report(cfg: Config, config_dict: dict, pairing: Pairing, plan: 
                         world_size: int, elapsed_sec: float) -> dict:
     fields = plan.fields()
     return {
-        "format": "sam-eval-report/1",
+        "format": REPORT_FORMAT,
         "mode": "folders",
         "generated_dir": str(pairing.generated_dir),
         "ground_truth_dir": str(pairing.ground_truth_dir),

@@ -10,7 +10,7 @@ Per generated image and its reference (the input image, or the ground truth in f
   age_error      |predicted_age - target_age|, in years
 
 A metric whose network has no weights file is skipped with a stated reason, or raises
-MissingWeightsError naming the config key, as eval.on_missing_weights says.
+MissingWeightsError naming the config key, as eval.on_missing_weights selects.
 """
 
 from __future__ import annotations
@@ -147,10 +147,10 @@ def ir101_sizes(path: str) -> tuple[tuple[int, ...], int]:
     stage_starts = [0, *accumulate(UNITS_PER_STAGE[IR101_DEPTH][:-1])]  # first unit of each stage
     conv_keys = [f"body.{unit}.res_layer.1.weight" for unit in stage_starts]
     embedding_key = "output_layer.4._mean"
-    wanted = set(conv_keys) | {embedding_key}
+    needed_keys = set(conv_keys) | {embedding_key}
     tensors, _ = read_weights(path, "curricularface", config_option="weights.curricularface",
-                              keys=lambda key: key in wanted)
-    absent = sorted(wanted - set(tensors))
+                              keys=lambda key: key in needed_keys)
+    absent = sorted(needed_keys - set(tensors))
     if absent:
         raise ValueError(
             f"weights.curricularface={path} lacks {absent}, so it is not an IR-101 backbone; "

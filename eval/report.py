@@ -1,6 +1,6 @@
 """Write an evaluation report as report.json, report.md and report.html, each file atomically.
 
-report.json holds everything (every sample, the summary, the config and the sha256 of each weight
+report.json contains everything (every sample, the summary, the config and the sha256 of each weight
 file); report.md and report.html render the same tables, and report.html adds an image grid as
 embedded PNG data URIs.
 """
@@ -22,7 +22,7 @@ from pipeline.checkpoint.convert import file_sha256
 
 REPORT_FORMAT = "sam-eval-report/1"
 # Rows of long lists (alignment failures, unmatched files) shown in report.md and report.html;
-# report.json always holds all of them.
+# report.json always lists all of them.
 MAX_LISTED_ROWS = 100
 FIELD_DIGITS = {"lpips": 4, "mse": 4, "id_similarity": 4, "predicted_age": 2, "age_error": 2}
 # Top-level report keys listed under the title when present.
@@ -40,7 +40,7 @@ class Table:
 
 @dataclass
 class Grid:
-    """Rows of images shown in report.html: each row is a label and [H, W, 3] uint8 images under `headers`."""
+    """Image rows of report.html: each row is a label and [H, W, 3] uint8 images under `headers`."""
 
     title: str
     headers: list[str]
@@ -106,7 +106,7 @@ def summary_tables(report: dict) -> list[Table]:
 def listed_rows(rows: list[list[str]]) -> tuple[list[list[str]], str]:
     if len(rows) <= MAX_LISTED_ROWS:
         return rows, ""
-    return rows[:MAX_LISTED_ROWS], f"First {MAX_LISTED_ROWS} of {len(rows)} rows; report.json lists all of them."
+    return rows[:MAX_LISTED_ROWS], f"First {MAX_LISTED_ROWS} of {len(rows)} rows. report.json lists all of them."
 
 
 def detail_tables(report: dict) -> list[Table]:
@@ -118,15 +118,15 @@ def detail_tables(report: dict) -> list[Table]:
         headers = ["key", "target age", "reason"] if with_ages else ["key", "reason"]
         rows = [[f["key"], str(f["target_age"]), f["reason"]] if with_ages else [f["key"], f["reason"]]
                 for f in failures["samples"]]
-        shown, note = listed_rows(rows)
+        listed, note = listed_rows(rows)
         tables.append(Table(f"ID similarity: {failures['count']} sample(s) without a face found by MTCNN",
-                            headers, shown, note))
+                            headers, listed, note))
     unmatched = report.get("unmatched")
     if unmatched is not None:
         rows = [[name, "generated"] for name in unmatched["only_in_generated"]]
         rows += [[name, "ground truth"] for name in unmatched["only_in_ground_truth"]]
-        shown, note = listed_rows(rows)
-        tables.append(Table(f"Files without a partner: {len(rows)}", ["file", "found only in"], shown, note))
+        listed, note = listed_rows(rows)
+        tables.append(Table(f"Files without a partner: {len(rows)}", ["file", "found only in"], listed, note))
     tables.append(Table("Weight files", ["option", "path", "sha256"],
                         [[w["option"], w["path"], w["sha256"]] for w in report["weights"]]))
     return tables

@@ -53,18 +53,18 @@ def decode_pixels(sample: dict, resolution: int) -> np.ndarray:
 def read_test_images(shard_dir: str | Path, resolution: int, indices: list[int]) -> Iterator[EvalImage]:
     """Yield the test images at the given positions, in increasing position order.
 
-    Shards holding none of the positions are not opened; the others are read from their first
-    wanted sample to their last one, and only the wanted samples are decoded.
+    Shards that contain none of the positions are not opened. The others are read from the first
+    requested sample to the last one, and only the requested samples are decoded.
     """
-    wanted = sorted(set(indices))
+    requested = sorted(set(indices))
     shards = read_shard_index(shard_dir, resolution)
     offset = 0
     cursor = 0
     for shard in shards:
         end = offset + shard.num_samples
         in_shard = []
-        while cursor < len(wanted) and wanted[cursor] < end:
-            in_shard.append(wanted[cursor])
+        while cursor < len(requested) and requested[cursor] < end:
+            in_shard.append(requested[cursor])
             cursor += 1
         if in_shard:
             local_range = SampleRange(shard, in_shard[0] - offset, in_shard[-1] - offset + 1)
@@ -73,9 +73,9 @@ def read_test_images(shard_dir: str | Path, resolution: int, indices: list[int])
                 if position in chosen:
                     yield EvalImage(position, sample["__key__"], decode_pixels(sample, resolution))
         offset = end
-    if cursor < len(wanted):
+    if cursor < len(requested):
         raise IndexError(
-            f"test positions {wanted[cursor:][:5]} lie beyond the {offset} samples of {shard_dir}; "
+            f"test positions {requested[cursor:][:5]} lie beyond the {offset} samples of {shard_dir}; "
             "the index.json and the requested subset disagree"
         )
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 
@@ -31,11 +29,3 @@ def summarize(records: list[dict], fields: list[str], ages: list[int] | None) ->
         }
     return summary
 
-
-def summary_means(summary: dict) -> dict[str, float]:
-    """Return {field: overall mean} for the fields with at least one value, as plain floats."""
-    return {
-        name: stats["mean"]
-        for name, stats in summary["overall"].items()
-        if stats["mean"] is not None and math.isfinite(stats["mean"])
-    }

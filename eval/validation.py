@@ -67,7 +67,7 @@ class Validator:
         self._check_best_metric()
         self.num_images = min(cfg.train.val_images, count_test_images(cfg.data.test_shards, cfg.data.resolution))
         networks = build_metric_networks(cfg, self.plan, lpips=lpips, dex=dex)
-        self.evaluator = Evaluator(sam, networks, self.plan, cfg.eval.ages, cfg.eval.batch_size)
+        self.evaluator = Evaluator(sam, networks, self.plan, cfg.eval.ages, cfg.eval.batch_size, log_progress=False)
         log.info("validation: %d images of %s at ages %s, metrics %s", self.num_images, cfg.data.test_shards,
                  cfg.eval.ages, ", ".join(self.plan.computed))
 

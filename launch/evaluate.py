@@ -67,6 +67,7 @@ def run(args, cfg) -> int:
     from eval.folder_mode import evaluate_folders
     from eval.gather import EvaluationError
     from eval.metrics import METRICS, MissingWeightsError, parse_metric_names
+    from pipeline.train.checkpoint import CheckpointError
     from pipeline.train.distributed import init_distributed
     from pipeline.train.run_log import setup_console_logging
 
@@ -91,7 +92,7 @@ def run(args, cfg) -> int:
     except EvaluationError as exc:
         logging.getLogger("sam").error("%s", exc)
         return 1
-    except (MissingWeightsError, ValueError, FileNotFoundError) as exc:
+    except (MissingWeightsError, ValueError, FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if info.is_main:

@@ -42,8 +42,8 @@ NUM_TEST_IMAGES = 5  # odd, so two ranks get 3 and 2 images
 TEST_IMAGES_PER_SHARD = 2  # the test set spans three shards
 AGES = [0, 50, 100]  # configs/tiny.yaml eval.ages
 VAL_IMAGES = 3
-# A sample scored in a batch of two and alone differs by float32 rounding only (DEX's matmuls
-# pick kernels by batch size), so values compare to 1e-6 relative; everything else is exact.
+# A sample scored in a batch of two differs from the same sample scored alone by float32 rounding,
+# because DEX's matmuls pick kernels by batch size. So floats compare to 1e-6 relative, the rest exactly.
 FLOAT_RTOL = 1e-6
 FLOAT_FIELDS = ("lpips", "mse", "id_similarity", "predicted_age", "age_error")
 LAUNCH_TIMEOUT_SEC = 300
@@ -183,11 +183,11 @@ def test_read_test_images_across_shards(workspace):
 
 @pytest.mark.multiproc
 def test_one_and_two_ranks_identical(reports):
-    one, two = reports["one"]["samples"], reports["two"]["samples"]
+    one_rank, two_ranks = reports["one"]["samples"], reports["two"]["samples"]
     assert reports["one"]["world_size"] == 1
     assert reports["two"]["world_size"] == 2
-    assert len(one) == len(two) == NUM_TEST_IMAGES * len(AGES)
-    for a, b in zip(one, two):
+    assert len(one_rank) == len(two_ranks) == NUM_TEST_IMAGES * len(AGES)
+    for a, b in zip(one_rank, two_ranks):
         exact = {k: v for k, v in a.items() if k not in FLOAT_FIELDS}
         assert exact == {k: v for k, v in b.items() if k not in FLOAT_FIELDS}
         for name in FLOAT_FIELDS:
@@ -203,6 +203,31 @@ def test_every_image_once_per_age(reports, workspace):
         counts = collections.Counter((s["key"], s["target_age"]) for s in report["samples"])
         assert counts == collections.Counter((key, age) for key in workspace["test_keys"] for age in AGES)
         assert report["num_images"] == NUM_TEST_IMAGES
+
+
+@pytest.mark.multiproc
+def test_failure_on_one_rank_stops_both(workspace, tmp_path):
+    """index.json promises a sample the last shard lacks; only rank 1 reads it, and both ranks stop."""
+    broken = tmp_path / "broken_shards"
+    broken.mkdir()
+    source = Path(tiny_config(workspace).data.test_shards)
+    for path in source.glob("*.tar"):
+        (broken / path.name).write_bytes(path.read_bytes())
+    index = json.loads((source / "index.json").read_text())
+    index["shards"][-1]["samples"] += 1  # position NUM_TEST_IMAGES goes to rank 1
+    (broken / "index.json").write_text(json.dumps(index))
+
+    overrides = workspace["overrides"] + [f"data.test_shards={broken}", f"output_dir={tmp_path / 'run'}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+               str(tmp_path / "logs"), "launch/evaluate.py", "-c", str(TINY_CONFIG), "--checkpoint",
+               str(workspace["checkpoint"]), "--metrics", "mse"] + [a for o in overrides for a in ("-o", o)]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=LAUNCH_TIMEOUT_SEC)
+    assert result.returncode != 0
+    rank0_log = (tmp_path / "logs" / "workerlog.0").read_text()
+    assert "evaluation failed on another rank: rank 1: ShardReadError" in rank0_log
+    assert not (tmp_path / "run" / "eval").exists()
 
 
 def test_report_summary_matches_samples(reports):
