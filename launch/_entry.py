@@ -32,3 +32,24 @@ def load_config_or_exit(args):
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def user_error_types() -> tuple:
+    """Return the exception types that describe a user's mistake (bad file, option or data)."""
+    from pipeline.checkpoint.pretrained import WeightsMismatchError
+    from pipeline.checkpoint.torch_format import CheckpointFormatError, UnsafeCheckpointError
+    from pipeline.config import ConfigError
+    from pipeline.data.stream import ShardIndexError
+    from pipeline.train.checkpoint import CheckpointError
+
+    return (WeightsMismatchError, CheckpointFormatError, UnsafeCheckpointError, ConfigError, ShardIndexError,
+            CheckpointError, FileNotFoundError)
+
+
+def exit_on_user_error(main) -> None:
+    """Run `main`; print a user error as one `error:` line and exit with status 2, without a traceback."""
+    try:
+        main()
+    except user_error_types() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -106,4 +106,4 @@ def read_input(path, resolution, aligner, load_image):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _entry.exit_on_user_error(main)

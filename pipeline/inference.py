@@ -55,7 +55,12 @@ def load_sam(cfg: Config, checkpoint: str | None) -> SAM:
     else:
         sam = build_sam(cfg)
         if checkpoint is not None:
-            folder = ckpt.resolve_resume(checkpoint, cfg.output_dir)
+            folder = ckpt.resolve_resume(checkpoint, cfg.output_dir, option="--checkpoint")
+            if folder is None:
+                raise ckpt.CheckpointError(
+                    f"--checkpoint {checkpoint}: no complete checkpoint found under {cfg.output_dir}/checkpoints; "
+                    "pass a step_<N> folder or a converted SAM .safetensors file"
+                )
             data = ckpt.load_checkpoint(folder)
             _check_same_model(cfg, data["config"], folder)
             load_model_state(sam, data["model"], str(folder))

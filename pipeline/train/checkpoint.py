@@ -159,8 +159,8 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
-    """Return the checkpoint folder to resume from: `auto`, `none` or a path."""
+def resolve_resume(resume: str, output_dir: str | Path, option: str = "--resume") -> Path | None:
+    """Return the checkpoint folder to resume from: `auto`, `none` or a path. `option` names the flag in errors."""
     if resume == "none":
         return None
     if resume == "auto":
@@ -168,11 +168,12 @@ def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
         return complete[-1][1] if complete else None
     folder = Path(resume)
     if not folder.is_dir():
-        raise CheckpointError(f"--resume {resume}: no such checkpoint folder; use auto, none or a step_<N> folder")
+        raise CheckpointError(f"{option} {resume}: no such checkpoint folder or file; pass a step_<N> folder "
+                              "or a converted SAM .safetensors file")
     if not (folder / COMPLETE_MARKER).is_file():
         raise CheckpointError(
-            f"--resume {resume}: the folder has no {COMPLETE_MARKER} marker, so it was never finished; "
-            "use an earlier checkpoint or --resume auto"
+            f"{option} {resume}: the folder has no {COMPLETE_MARKER} marker, so it was never finished; "
+            "use an earlier checkpoint"
         )
     return folder
 
