@@ -82,7 +82,8 @@ def checkpoint_grid(result: EvalResult, ages: list[int]) -> Grid:
                 [(row.key, row.images) for row in result.grid])
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint: str, info: DistInfo, metrics: tuple[str, ...] | list[str] = METRICS) -> Path | None:
+def evaluate_checkpoint(cfg: Config, checkpoint: str, info: DistInfo,
+                        metrics: tuple[str, ...] | list[str] = METRICS) -> Path | None:
     """Score `checkpoint` on data.test_shards across all ranks; rank 0 writes the report and returns its folder."""
     if not cfg.data.test_shards:
         raise ValueError("data.test_shards is not set; point it at test shards built by shards/build.py")

@@ -96,7 +96,8 @@ class Evaluator:
         src_img = to_tensor_batch(inputs_u8)
         input_faces = self.networks.faces.embed(inputs_u8) if self.plan.runs("id") else None
         records: list[dict] = []
-        grid = {image.index: GridRow(image.index, image.key, [image.pixels]) for image in batch if image.index < grid_count}
+        grid = {image.index: GridRow(image.index, image.key, [image.pixels])
+                for image in batch if image.index < grid_count}
 
         for age in self.ages:
             # Render the outputs, then score them as the uint8 images SAM would save.
@@ -129,7 +130,8 @@ class Evaluator:
             scores["age_error"] = np.abs(predicted - age).tolist()
         return scores
 
-    def score_images(self, images: Iterable[EvalImage], grid_count: int, total: int) -> tuple[list[dict], list[GridRow]]:
+    def score_images(self, images: Iterable[EvalImage], grid_count: int,
+                     total: int) -> tuple[list[dict], list[GridRow]]:
         """Score a rank's share of the test set; the progress lines count this rank's images only."""
         records: list[dict] = []
         grid: list[GridRow] = []

@@ -140,7 +140,8 @@ def build_folder_report(cfg: Config, config_dict: dict, pairing: Pairing, plan: 
         "summary": summarize(records, fields, None),
         "alignment_failures": alignment_failures(records) if plan.runs("id") else None,
         "samples": records,
-        "weights": [describe_file(f"weights.{option}", getattr(cfg.weights, option)) for option in plan.weight_options()],
+        "weights": [describe_file(f"weights.{option}", getattr(cfg.weights, option))
+                    for option in plan.weight_options()],
         "config": config_dict,
     }
 

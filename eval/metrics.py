@@ -105,7 +105,8 @@ def plan_metrics(cfg: Config, requested: list[str]) -> MetricPlan:
                 f"metric {metric!r} needs {networks} weights but {keys} {verb} null; set {keys} to the converted file "
                 f"(checkpoints/convert.py), leave the metric out with --metrics, or set eval.on_missing_weights=skip"
             )
-        plan.skipped[metric] = f"skipped because {keys} {verb} null (no {networks} weights; eval.on_missing_weights=skip)"
+        plan.skipped[metric] = (f"skipped because {keys} {verb} null "
+                                f"(no {networks} weights; eval.on_missing_weights=skip)")
         log.warning("metric %s %s", metric, plan.skipped[metric])
     return plan
 

@@ -57,9 +57,11 @@ class Validator:
     def __init__(self, cfg: Config, dist_info: DistInfo, sam: SAM, lpips: paddle.nn.Layer | None = None,
                  dex: paddle.nn.Layer | None = None):
         if not cfg.data.test_shards:
-            raise ValueError("validation needs data.test_shards; set it, or disable validation with train.val_interval=0")
+            raise ValueError("validation needs data.test_shards; set it, or disable validation with "
+                             "train.val_interval=0")
         if cfg.train.val_images < 1:
-            raise ValueError("train.val_images is 0; set it to at least 1, or disable validation with train.val_interval=0")
+            raise ValueError("train.val_images is 0; set it to at least 1, or disable validation with "
+                             "train.val_interval=0")
         self.cfg = cfg
         self.dist_info = dist_info
         self.sam = sam
@@ -67,7 +69,8 @@ class Validator:
         self._check_best_metric()
         self.num_images = min(cfg.train.val_images, count_test_images(cfg.data.test_shards, cfg.data.resolution))
         networks = build_metric_networks(cfg, self.plan, lpips=lpips, dex=dex)
-        self.evaluator = Evaluator(sam, networks, self.plan, cfg.eval.ages, cfg.eval.batch_size, log_progress=False)
+        self.evaluator = Evaluator(sam, networks, self.plan, cfg.eval.ages, cfg.eval.batch_size,
+                                   log_progress=False)
         log.info("validation: %d images of %s at ages %s, metrics %s", self.num_images, cfg.data.test_shards,
                  cfg.eval.ages, ", ".join(self.plan.computed))
 

@@ -37,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--metrics", default=None,
                         help=f"comma-separated metrics (default: {CHECKPOINT_METRICS} in checkpoint mode, "
                              f"{FOLDER_METRICS} in folder mode)")
-    parser.add_argument("--output", help="folder mode: report folder (default <output_dir>/eval/<generated folder name>)")
+    parser.add_argument("--output",
+                        help="folder mode: report folder (default <output_dir>/eval/<generated folder name>)")
     args = parser.parse_args(argv)
 
     folder_mode = args.generated is not None or args.ground_truth is not None

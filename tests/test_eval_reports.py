@@ -135,22 +135,21 @@ def run_launch(args, log_dir, nproc=2):
 
 
 @pytest.fixture(scope="module")
-def reports(workspace):
-    """Evaluate the tiny checkpoint with 1 rank (in process) and with 2 ranks (launched CLI)."""
-    one_rank_dir = workspace["root"] / "one_rank"
-    cfg = tiny_config(workspace, f"output_dir={one_rank_dir}")
+def one_rank(workspace):
+    """Evaluate the tiny checkpoint in this process as a single rank; return (report folder, report)."""
+    cfg = tiny_config(workspace, f"output_dir={workspace['root'] / 'one_rank'}")
     folder = evaluate_checkpoint(cfg, str(workspace["checkpoint"]), DistInfo(rank=0, world_size=1))
+    return folder, json.loads((folder / "report.json").read_text())
 
-    two_rank_dir = workspace["root"] / "two_ranks"
-    overrides = [o for o in workspace["overrides"] if not o.startswith("output_dir=")] + [f"output_dir={two_rank_dir}"]
+
+@pytest.fixture(scope="module")
+def two_ranks(workspace):
+    """Evaluate the tiny checkpoint with launch/evaluate.py on 2 ranks; return the report."""
+    output_dir = workspace["root"] / "two_ranks"
+    overrides = workspace["overrides"] + [f"output_dir={output_dir}"]
     run_launch(["launch/evaluate.py", "-c", TINY_CONFIG, "--checkpoint", workspace["checkpoint"]]
                + [arg for text in overrides for arg in ("-o", text)], workspace["root"] / "logs_eval")
-    two_rank_folder = two_rank_dir / "eval" / "step_1"
-    return {
-        "one_rank_folder": folder,
-        "one": json.loads((folder / "report.json").read_text()),
-        "two": json.loads((two_rank_folder / "report.json").read_text()),
-    }
+    return json.loads((output_dir / "eval" / "step_1" / "report.json").read_text())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,12 +181,12 @@ def test_read_test_images_across_shards(workspace):
 
 
 @pytest.mark.multiproc
-def test_one_and_two_ranks_identical(reports):
-    one_rank, two_ranks = reports["one"]["samples"], reports["two"]["samples"]
-    assert reports["one"]["world_size"] == 1
-    assert reports["two"]["world_size"] == 2
-    assert len(one_rank) == len(two_ranks) == NUM_TEST_IMAGES * len(AGES)
-    for a, b in zip(one_rank, two_ranks):
+def test_one_and_two_ranks_identical(one_rank, two_ranks):
+    one_rank_samples, two_rank_samples = one_rank[1]["samples"], two_ranks["samples"]
+    assert one_rank[1]["world_size"] == 1
+    assert two_ranks["world_size"] == 2
+    assert len(one_rank_samples) == len(two_rank_samples) == NUM_TEST_IMAGES * len(AGES)
+    for a, b in zip(one_rank_samples, two_rank_samples):
         exact = {k: v for k, v in a.items() if k not in FLOAT_FIELDS}
         assert exact == {k: v for k, v in b.items() if k not in FLOAT_FIELDS}
         for name in FLOAT_FIELDS:
@@ -198,8 +197,8 @@ def test_one_and_two_ranks_identical(reports):
 
 
 @pytest.mark.multiproc
-def test_every_image_once_per_age(reports, workspace):
-    for report in (reports["one"], reports["two"]):
+def test_every_image_once_per_age(one_rank, two_ranks, workspace):
+    for report in (one_rank[1], two_ranks):
         counts = collections.Counter((s["key"], s["target_age"]) for s in report["samples"])
         assert counts == collections.Counter((key, age) for key in workspace["test_keys"] for age in AGES)
         assert report["num_images"] == NUM_TEST_IMAGES
@@ -230,8 +229,8 @@ def test_failure_on_one_rank_stops_both(workspace, tmp_path):
     assert not (tmp_path / "run" / "eval").exists()
 
 
-def test_report_summary_matches_samples(reports):
-    report = reports["one"]
+def test_report_summary_matches_samples(one_rank):
+    _, report = one_rank
     assert report["metrics"] == {"computed": ["lpips", "mse", "id", "age"], "skipped": {}}
     for name in ("lpips", "mse", "predicted_age", "age_error"):
         values = [s[name] for s in report["samples"]]
@@ -245,9 +244,9 @@ def test_report_summary_matches_samples(reports):
         assert 0.0 <= sample["predicted_age"] <= 100.0
 
 
-def test_report_counts_failed_alignments(reports):
+def test_report_counts_failed_alignments(one_rank):
     """Real MTCNN finds every real input face; the tiny model's outputs are no faces, so each is listed."""
-    report = reports["one"]
+    folder, report = one_rank
     missing = [s for s in report["samples"] if s["id_similarity"] is None]
     assert report["alignment_failures"]["count"] == len(missing)
     assert report["summary"]["overall"]["id_similarity"]["missing"] == len(missing)
@@ -258,12 +257,12 @@ def test_report_counts_failed_alignments(reports):
     for sample in report["samples"]:
         if sample["id_similarity"] is not None:
             assert -1.0 <= sample["id_similarity"] <= 1.0 + 1e-6
-    md = (reports["one_rank_folder"] / "report.md").read_text()
+    md = (folder / "report.md").read_text()
     assert f"ID similarity: {len(missing)} sample(s) without a face found by MTCNN" in md
 
 
-def test_report_lists_weight_hashes(reports, workspace):
-    report = reports["one"]
+def test_report_lists_weight_hashes(one_rank, workspace):
+    _, report = one_rank
     by_path = {entry["path"]: entry for entry in report["weights"]}
     checkpoint_files = sorted(p for p in workspace["checkpoint"].iterdir() if p.is_file())
     weight_files = list(workspace["weights"].values())
@@ -275,8 +274,8 @@ def test_report_lists_weight_hashes(reports, workspace):
     assert report["checkpoint"] == str(workspace["checkpoint"])
 
 
-def test_report_files_written_whole(reports):
-    folder = reports["one_rank_folder"]
+def test_report_files_written_whole(one_rank):
+    folder, _ = one_rank
     assert sorted(p.name for p in folder.iterdir()) == ["report.html", "report.json", "report.md"]
     md = (folder / "report.md").read_text()
     assert "| metric | mean | std | samples | missing |" in md
@@ -419,13 +418,13 @@ def run_validator(cfg, checkpoint, info):
 
 
 @pytest.mark.multiproc
-def test_validator_two_ranks_match_one(workspace, reports, tmp_path):
+def test_validator_two_ranks_match_one(workspace, one_rank, tmp_path):
     cfg = load_config(str(TINY_CONFIG), validation_overrides(workspace))
     values, restored = run_validator(cfg, str(workspace["checkpoint"]), DistInfo(rank=0, world_size=1))
     assert restored
 
     # The subset is the first VAL_IMAGES test images, scored by the same evaluator as the report.
-    subset = [s for s in reports["one"]["samples"] if s["index"] < VAL_IMAGES]
+    subset = [s for s in one_rank[1]["samples"] if s["index"] < VAL_IMAGES]
     assert values["images"] == VAL_IMAGES
     for name in ("lpips", "mse", "predicted_age"):
         assert values[name] == pytest.approx(np.mean([s[name] for s in subset]), rel=1e-6)
