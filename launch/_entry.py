@@ -15,8 +15,8 @@ if str(REPO_ROOT) not in sys.path:
 warnings.filterwarnings("ignore", message="No ccache found")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", required=True, help="YAML config file, e.g. configs/tiny.yaml")
+def add_config_arguments(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
+    parser.add_argument("-c", "--config", required=config_required, help="YAML config file, e.g. configs/tiny.yaml")
     parser.add_argument(
         "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key; the value is read as YAML (repeatable), e.g. -o train.max_steps=20",

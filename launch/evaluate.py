@@ -24,12 +24,8 @@ FOLDER_METRICS = "lpips,mse,id"
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _entry.add_config_arguments(parser)
     # Folder mode runs without a config (all defaults), so -c is optional here.
-    # NOTE: argparse has no public way to relax a required option after it is added.
-    for action in parser._actions:
-        if action.dest == "config":
-            action.required = False
+    _entry.add_config_arguments(parser, config_required=False)
     parser.add_argument("--checkpoint", help="training checkpoint folder (.../checkpoints/step_<N>) or converted SAM "
                                              ".safetensors file; selects checkpoint mode (needs -c)")
     parser.add_argument("--generated", help="folder of generated images; selects folder mode with --ground-truth")

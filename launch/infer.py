@@ -60,7 +60,11 @@ def main() -> None:
     output.mkdir(parents=True, exist_ok=True)
 
     for path in files:
-        src_img = read_input(path, cfg.data.resolution, aligner, load_image)
+        try:
+            src_img = read_input(path, cfg.data.resolution, aligner, load_image)
+        except (OSError, SyntaxError) as exc:  # PIL raises these for files it cannot decode
+            logging.warning("skipping %s: not a readable JPEG, PNG, BMP or WebP image (%s)", path, exc)
+            continue
         if src_img is None:
             continue
         # Render the input at every age; each output is [1, 3, 256, 256].
@@ -94,9 +98,10 @@ def read_input(path, resolution, aligner, load_image):
     from PIL import Image
 
     from pipeline.data.face_align import NoFaceFound
+    from pipeline.inference import IMAGE_FORMATS
 
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
             aligned = aligner.align(img.convert("RGB"))
     except NoFaceFound as exc:
         logging.warning("skipping %s: %s", path, exc)

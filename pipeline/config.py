@@ -296,6 +296,8 @@ def validate(cfg: Config) -> None:
     for key, ages in (("eval.ages", cfg.eval.ages), ("train.image_ages", cfg.train.image_ages)):
         if not ages or any(isinstance(a, bool) or not isinstance(a, int) or not 0 <= a <= 100 for a in ages):
             raise ConfigError(f"invalid value {ages!r} for {key}: expected a list of integer ages in 0..100")
+        if len(set(ages)) != len(ages):
+            raise ConfigError(f"invalid value {ages!r} for {key}: every age may appear once")
 
 
 def load_config(path: Optional[str], overrides: tuple[str, ...] | list[str] = ()) -> Config:

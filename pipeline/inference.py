@@ -24,13 +24,21 @@ from pipeline.train.run_log import to_uint8_image
 log = logging.getLogger("sam")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Decoders PIL may use for user inputs; other formats (PostScript, for one) could start external programs.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
+
+
+# The weights.* keys SAM itself is built from; the metric networks' files may differ at evaluation.
+SAM_WEIGHT_KEYS = ("sam", "stylegan", "psp_encoder", "irse50")
 
 
 def _check_same_model(cfg: Config, saved_config: dict, folder: Path) -> None:
     """Raise unless the checkpoint was trained with the same model sizes and weight files."""
     current = config_to_dict(cfg)
-    for section in ("model", "weights"):
-        for key, saved_value in saved_config.get(section, {}).items():
+    checked = {"model": list(saved_config.get("model", {})), "weights": list(SAM_WEIGHT_KEYS)}
+    for section, keys in checked.items():
+        for key in keys:
+            saved_value = saved_config.get(section, {}).get(key)
             if current[section].get(key) != saved_value:
                 raise ValueError(
                     f"checkpoint {folder} was trained with {section}.{key}={saved_value!r} but the config has "
@@ -81,7 +89,7 @@ def age_images(sam: SAM, src_img: paddle.Tensor, age_years: int, resize: bool = 
 
 def load_image(path: str | Path, resolution: int = 256) -> np.ndarray:
     """Read an image file as float32 [3, resolution, resolution] in [-1, 1] (bilinear resize, as SAM)."""
-    with Image.open(path) as img:
+    with Image.open(path, formats=IMAGE_FORMATS) as img:
         img = img.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
         pixels = np.asarray(img, dtype=np.float32)
     return pixels.transpose(2, 0, 1) / 127.5 - 1.0

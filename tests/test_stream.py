@@ -126,3 +126,12 @@ def test_corrupt_shard_skipped_and_counted(ffhq_shards, tmp_path):
     items = take(iter(make_stream(shards, on_error="skip")), 30)
     assert len(items) == 30
     assert int(items[-1][1]) >= 1
+
+
+def test_postscript_sample_is_not_decoded(ffhq_shards, tmp_path):
+    """A sample whose bytes are PostScript is rejected instead of being handed to Ghostscript."""
+    from pipeline.data.stream import decode_image
+
+    sample = {"__key__": "evil", "__url__": "shard-x.tar", "jpg": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n"}
+    with pytest.raises(ShardReadError, match="not a JPEG or PNG"):
+        decode_image(sample, RESOLUTION, flip=False)

@@ -33,6 +33,9 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = ("jpg", "png")
+# Decoders PIL may use for shard images. Naming them keeps PIL from handing other formats, such as
+# PostScript, to external programs.
+IMAGE_FORMATS = ("JPEG", "PNG")
 
 
 class ShardIndexError(ValueError):
@@ -160,7 +163,11 @@ def read_range(sample_range: SampleRange) -> Iterator[dict]:
 def decode_image(sample: dict, resolution: int, flip: bool) -> np.ndarray:
     """Decode a sample's image to float32 CHW in [-1, 1], flipped horizontally if asked."""
     suffix = next(s for s in IMAGE_SUFFIXES if s in sample)
-    with Image.open(io.BytesIO(sample[suffix])) as img:
+    try:
+        img = Image.open(io.BytesIO(sample[suffix]), formats=IMAGE_FORMATS)
+    except (OSError, SyntaxError) as exc:  # PIL raises these for undecodable data
+        raise ShardReadError(f"sample {sample['__key__']!r} in {sample.get('__url__')} is not a JPEG or PNG image: {exc}")
+    with img:
         img = img.convert("RGB")
         if img.size != (resolution, resolution):
             raise ShardReadError(
@@ -248,7 +255,15 @@ class ShardStream(paddle.io.IterableDataset):
                     skip -= 1
                     continue
                 flip = random.Random(_seed_for("flip", self.seed, epoch, sample["__key__"])).random() < self.flip_prob
-                yield decode_image(sample, self.resolution, flip), np.array(errors[0], dtype=np.int64)
+                try:
+                    image = decode_image(sample, self.resolution, flip)
+                except ShardReadError as exc:
+                    if self.on_error == "raise":
+                        raise ShardReadError(f"{exc}. Set data.on_error=skip to skip corrupt samples") from exc
+                    errors[0] += 1
+                    log.warning("skipping a corrupt sample (data.on_error=skip): %s", exc)
+                    continue
+                yield image, np.array(errors[0], dtype=np.int64)
             if yielded == 0:
                 raise ShardReadError(
                     f"rank {self.rank} worker {worker_id} read no sample in epoch {epoch}: every shard it was given "
