@@ -1,9 +1,9 @@
 """Turn the bytes of one input file into a square RGB sample image and its metadata.
 
-The steps follow SAM's data transforms: decode by content (the file extension is ignored),
-apply the EXIF orientation, convert to 8-bit RGB, crop the centre square (or reject a non-square
-image), then resize to the target resolution with PIL's bilinear filter. With an aligner, the
-FFHQ-style face crop replaces the centre crop and the resize.
+The steps follow SAM's data transforms: decode by content with one of the DECODE_FORMATS
+decoders (the file extension is ignored), apply the EXIF orientation, convert to 8-bit RGB, crop
+the centre square (or reject a non-square image), then resize to the target resolution with PIL's
+bilinear filter. With an aligner, the FFHQ-style face crop replaces the centre crop and the resize.
 
 An image smaller than the resolution is upsampled with the same filter and kept; its metadata has
 `"upsampled": true` and the build summary counts it.
@@ -26,7 +26,9 @@ JPEG_QUALITY = 95
 PNG_COMPRESS_LEVEL = 6
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 EXIF_ORIENTATION_TAG = 0x0112
-
+# PIL decoders tried on input files. Naming them keeps PIL from handing other content, such as
+# PostScript (which PIL renders with the external Ghostscript program), to any other decoder.
+DECODE_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "TIFF", "WEBP")
 
 
 def configure_pil() -> None:
@@ -87,9 +89,10 @@ def make_sample(data: bytes, options: ImageOptions, aligner: Aligner | None = No
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Read the image header and reject images with more than `max_pixels` before decoding."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=DECODE_FORMATS)
     except UnidentifiedImageError as exc:
-        raise SkippedInput("not_image", "not an image: no decoder recognises its content") from exc
+        raise SkippedInput("not_image", f"not an image in a supported format ({', '.join(DECODE_FORMATS)}): "
+                                        "no decoder recognises its content") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise SkippedInput("decode_error", f"invalid image header: {exc}") from exc
 

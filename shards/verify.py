@@ -27,6 +27,9 @@ if __package__ in (None, ""):
 from shards.index import INDEX_FORMAT, INDEX_NAME, SHARD_FILE_PATTERN, SPLITS_NAME  # noqa: E402
 from shards.tario import file_sha256  # noqa: E402
 
+# The only decoder tried on each sample image: the one of the index's image_format.
+PIL_FORMAT_BY_SUFFIX = {"jpg": "JPEG", "png": "PNG"}
+
 
 def verify_output(folder: Path) -> tuple[list[str], int]:
     """Verify a build output (one index or a split layout); return problems and the sample count."""
@@ -154,15 +157,19 @@ class SampleChecker:
         if data is None:
             self.problems.append(f"{prefix}: missing {self.image_format} member")
             return
+        pil_format = PIL_FORMAT_BY_SUFFIX[self.image_format]
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
+            with Image.open(io.BytesIO(data), formats=[pil_format]) as image:
                 size, mode = image.size, image.mode
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            self.problems.append(f"{prefix}: image does not decode: {exc}")
+                if size != (self.resolution, self.resolution):
+                    # Checked before decoding, so a crafted header cannot make the check decode a huge image.
+                    self.problems.append(f"{prefix}: image is {size[0]}x{size[1]}, index.json resolution is "
+                                         f"{self.resolution}")
+                    return
+                image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            self.problems.append(f"{prefix}: image does not decode as {pil_format}: {exc}")
             return
-        if size != (self.resolution, self.resolution):
-            self.problems.append(f"{prefix}: image is {size[0]}x{size[1]}, index.json resolution is {self.resolution}")
         if mode != "RGB":
             self.problems.append(f"{prefix}: image mode is {mode}, expected RGB")
 

@@ -78,7 +78,8 @@ def test_build_counts_real_faces(faces_build):
     assert [s["name"] for s in index["shards"]] == [f"shard-{i:06d}.tar" for i in range(7)]
     assert sum(s["samples"] for s in index["shards"]) == NUM_FACES
     assert index["skipped"] == [{"kind": "not_image", "path": "README.md",
-                                 "reason": "not an image: no decoder recognises its content"}]
+                                 "reason": "not an image in a supported format (BMP, GIF, JPEG, PNG, TIFF, WEBP): "
+                                           "no decoder recognises its content"}]
 
 
 def test_index_sizes_and_hashes_match_files(faces_build):

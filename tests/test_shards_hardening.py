@@ -1,0 +1,114 @@
+"""Shard builder and verifier on hostile inputs: foreign formats, split stability, zip name
+repeats, stale split folders and malformed index files.
+
+Every input is made here from small synthetic pictures, so the tests need no data folder.
+"""
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shards.builder import BuildOptions, Progress, run_build
+from shards.verify import verify_output
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESOLUTION = 16
+POSTSCRIPT = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
+              b"newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n")
+
+
+def picture(seed, size=24):
+    """Return a random RGB picture, different for each seed."""
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    return Image.fromarray(pixels, mode="RGB")
+
+
+def encoded(image, pil_format):
+    buffer = io.BytesIO()
+    image.save(buffer, format=pil_format)
+    return buffer.getvalue()
+
+
+def build(input_path, output, **options):
+    options.setdefault("resolution", RESOLUTION)
+    return run_build(BuildOptions(input=Path(input_path), output=Path(output), **options), Progress(io.StringIO()))
+
+
+def read_index(folder):
+    return json.loads((Path(folder) / "index.json").read_text())
+
+
+def skipped_entries(index, path):
+    return [entry for entry in index["skipped"] if entry["path"] == path]
+
+
+def sample_sources(folder):
+    """Return the `source` of every sample in the shards of `folder/index.json`, in shard order."""
+    sources = []
+    for record in read_index(folder)["shards"]:
+        with tarfile.open(Path(folder) / record["name"]) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    sources.append(json.loads(tar.extractfile(member).read())["source"])
+    return sources
+
+
+def run_verify(folder):
+    return subprocess.run([sys.executable, str(REPO_ROOT / "shards" / "verify.py"), str(folder)],
+                          capture_output=True, text=True)
+
+
+# ----------------------------------------------------------------------------- decoders
+
+
+def test_postscript_input_skipped_as_not_image(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    picture(0).save(folder / "good.png")
+    (folder / "face.jpg").write_bytes(POSTSCRIPT)
+    build(folder, tmp_path / "out")
+    index = read_index(tmp_path / "out")
+    entries = skipped_entries(index, "face.jpg")
+    assert len(entries) == 1, index["skipped"]
+    assert entries[0]["kind"] == "not_image"
+    assert "supported format (BMP, GIF, JPEG, PNG, TIFF, WEBP)" in entries[0]["reason"]
+    assert index["num_samples"] == 1
+
+
+def test_other_pil_format_not_decoded(tmp_path):
+    # PIL reads PPM natively; the builder must still decode only its listed formats.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    picture(0).save(folder / "good.png")
+    picture(1).save(folder / "portable.ppm", format="PPM")
+    build(folder, tmp_path / "out")
+    index = read_index(tmp_path / "out")
+    assert [entry["kind"] for entry in skipped_entries(index, "portable.ppm")] == ["not_image"]
+    assert sample_sources(tmp_path / "out") == ["good.png"]
+
+
+def test_verify_rejects_png_in_jpg_member(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    picture(0).save(folder / "good.png")
+    output = tmp_path / "out"
+    build(folder, output, image_format="jpg")
+    shard = output / "shard-000000.tar"
+    png_member = encoded(picture(2, size=RESOLUTION), "PNG")
+    with tarfile.open(shard) as tar:
+        members = [(info, tar.extractfile(info).read()) for info in tar.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in members:
+            data = png_member if info.name.endswith(".jpg") else data
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    problems, _ = verify_output(output)
+    assert any(line.startswith("shard-000000.tar: sample good: image does not decode as JPEG") for line in problems), \
+        problems
