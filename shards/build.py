@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crop", choices=("center", "reject"), default="center",
                         help="non-square images: keep the centre square, or skip them")
     parser.add_argument("--split", default=None, metavar="NAME=FRACTION,...",
-                        help="write each split to <output>/<NAME>/, choosing the split from a hash of the key")
+                        help="write each split to <output>/<NAME>/, choosing each file's split from a hash of "
+                             "its input path without the extension")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 when any input file is skipped (the index is still written)")
     parser.add_argument("--align", action="store_true",

@@ -25,13 +25,22 @@ MAX_KEY_CHARS = 90
 _INVALID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
-def natural_key(relpath: str) -> str:
-    """Return the readable key of one relative path, before collisions are resolved."""
+def stem_key(relpath: str) -> str:
+    """Return the sanitized path without its last extension, at any length.
+
+    This is the key of a short path before collisions are resolved, and what the split of a file
+    is drawn from (`shards.plan.split_for_path`).
+    """
     folders, _, filename = relpath.rpartition("/")
     stem = filename.rsplit(".", 1)[0] if "." in filename[1:] else filename
     parts = [part for part in folders.split("/") if part] + [stem]
     key = "-".join(_sanitize(part) for part in parts)
-    key = re.sub(r"^_+", "_", key) or "_"
+    return re.sub(r"^_+", "_", key) or "_"
+
+
+def natural_key(relpath: str) -> str:
+    """Return the readable key of one relative path, before collisions are resolved."""
+    key = stem_key(relpath)
     if len(key) > MAX_KEY_CHARS:
         key = key[: MAX_KEY_CHARS - 9] + "-" + path_digest(relpath)
     return key

@@ -4,9 +4,15 @@ The plan is fixed before any image is decoded, so every shard can be built on it
 worker, in any order, or again after an interruption) and still come out byte-identical:
 1. list the input files in sorted order and give each a unique key (`shards.keys`);
 2. hash every readable file; a file whose bytes equal an earlier file's is a duplicate;
-3. send each key to a split by a hash of the key;
+3. send each file to a split by a hash of its path without the extension (`split_for_path`);
 4. cut each split's remaining files, in order, into shards of `samples_per_shard` files.
 A file that fails to decode later is skipped inside its shard, so a shard may hold fewer samples.
+
+Only byte-identical files count as duplicates. Telling the same picture in two encodings (a.jpg
+and a.png) from two different pictures would need both decoded, so both become samples. They
+always share a split, because the split hash ignores the extension and the collision suffix of the
+key. So a file's split does not depend on which other files exist. Paths that differ only in characters
+the key replaces (such as "a b.jpg" and "a_b.jpg") also share a split.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards.errors import SkippedInput
+from shards.keys import stem_key
 from shards.sources import escape_path
 
 SHARD_NAME_FORMAT = "shard-{:06d}.tar"
@@ -90,6 +97,12 @@ def parse_splits(spec: str | None) -> tuple[Split, ...]:
     return tuple(splits)
 
 
+def split_for_path(relpath: str, splits: tuple[Split, ...]) -> Split:
+    """Return the split of an input file, drawn from its path without the extension."""
+    # For paths whose key needs no collision suffix and no cut, this equals split_for_key(key).
+    return split_for_key(stem_key(relpath), splits)
+
+
 def split_for_key(key: str, splits: tuple[Split, ...]) -> Split:
     """Return the split of a key: its sha256 read as a number in [0, 1) picks a split by fraction."""
     position = int(hashlib.sha256(key.encode("ascii")).hexdigest()[:16], 16) / 2.0**64
@@ -117,7 +130,7 @@ class Planner:
 
     def add(self, relpath: str, key: str, sha256: str | None, problem: SkippedInput | None) -> None:
         """Record one scanned file, in sorted input order."""
-        split_plan = self._split_plan(key)
+        split_plan = self._split_plan(relpath)
         if problem is None and sha256 in self._first_path_by_sha256:
             original = escape_path(self._first_path_by_sha256[sha256])
             problem = SkippedInput("duplicate", f"duplicate of {original} (same file content)")
@@ -138,10 +151,10 @@ class Planner:
                 self._close_shard(split_plan)
         return list(self.split_plans.values())
 
-    def _split_plan(self, key: str) -> SplitPlan:
+    def _split_plan(self, relpath: str) -> SplitPlan:
         if not self.splits:
             return self.split_plans[None]
-        return self.split_plans[split_for_key(key, self.splits).name]
+        return self.split_plans[split_for_path(relpath, self.splits).name]
 
     def _close_shard(self, split_plan: SplitPlan) -> None:
         members = tuple(self._pending[split_plan.name])

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from shards.builder import BuildOptions, Progress, run_build
+from shards.plan import parse_splits, split_for_key, split_for_path
 from shards.verify import verify_output
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -112,3 +113,45 @@ def test_verify_rejects_png_in_jpg_member(tmp_path):
     problems, _ = verify_output(output)
     assert any(line.startswith("shard-000000.tar: sample good: image does not decode as JPEG") for line in problems), \
         problems
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def split_of_each_source(output, split_names):
+    """Return {source path: split name} over the split folders of a build."""
+    return {source: name for name in split_names for source in sample_sources(Path(output) / name)}
+
+
+def test_two_encodings_share_split_whatever_else_exists(tmp_path):
+    long_stem = "L" * 200
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    picture(0).save(alone / "a.png")
+    picture(1).save(alone / f"{long_stem}.png")
+    both = tmp_path / "both"
+    both.mkdir()
+    picture(0).save(both / "a.png")
+    picture(2).save(both / "a.jpg", quality=95)
+    picture(1).save(both / f"{long_stem}.png")
+    picture(3).save(both / f"{long_stem}.jpg", quality=95)
+    splits = parse_splits("train=0.5,val=0.5")
+    build(alone, tmp_path / "out_alone", splits=splits)
+    build(both, tmp_path / "out_both", splits=splits)
+
+    split_alone = split_of_each_source(tmp_path / "out_alone", ["train", "val"])
+    split_both = split_of_each_source(tmp_path / "out_both", ["train", "val"])
+    assert len(split_both) == 4
+    assert split_both["a.jpg"] == split_both["a.png"]
+    assert split_both[f"{long_stem}.jpg"] == split_both[f"{long_stem}.png"]
+    assert split_both["a.png"] == split_alone["a.png"]
+    assert split_both[f"{long_stem}.png"] == split_alone[f"{long_stem}.png"]
+
+
+def test_split_ignores_extension_and_collisions():
+    splits = parse_splits("a=0.25,b=0.25,c=0.25,d=0.25")
+    for relpath in ("x/y.png", "a.png", "L" * 200 + ".png"):
+        jpg_path = relpath[: -len(".png")] + ".jpg"
+        assert split_for_path(relpath, splits) == split_for_path(jpg_path, splits), relpath
+    # Short paths keep the split of their key, so ordinary builds keep their split assignment.
+    assert split_for_path("x/y.png", splits) == split_for_key("x-y", splits)
