@@ -124,22 +124,44 @@ class ZipSource:
     def __init__(self, archive: Path):
         self.archive = Path(archive)
         self._zip: zipfile.ZipFile | None = None
+        self._first_info_by_name: dict[str, zipfile.ZipInfo] = {}
 
     def _open(self) -> zipfile.ZipFile:
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.archive)
+            # zipfile's getinfo returns the last member of a repeated name; the build reads the first.
+            for info in reversed(self._zip.infolist()):
+                self._first_info_by_name[info.filename] = info
         return self._zip
 
     def list_entries(self) -> list[Entry]:
-        """Return every file member, sorted by `sort_key`; a repeated member name appears once."""
-        names = {info.filename for info in self._open().infolist() if not info.is_dir()}
-        return [Entry(name) for name in sorted(names, key=sort_key)]
+        """Return every file member, sorted by `sort_key`.
+
+        A member whose name repeats an earlier member's name is listed with a `duplicate_name`
+        problem right after the first one, which is the only one read.
+        """
+        infos = self._open().infolist()
+        entries = []
+        first_position_by_name: dict[str, int] = {}
+        for position, info in enumerate(infos, start=1):
+            if info.is_dir():
+                continue
+            first_position = first_position_by_name.setdefault(info.filename, position)
+            if first_position == position:
+                entries.append(Entry(info.filename))
+                continue
+            entries.append(Entry(info.filename, problem=SkippedInput(
+                "duplicate_name", f"zip member {position} of {len(infos)} has the same name as member "
+                                  f"{first_position}; only the first member of a name is read")))
+        # The sort is stable, so the first member of a repeated name stays ahead of the later ones.
+        entries.sort(key=lambda entry: sort_key(entry.relpath))
+        return entries
 
     def read_bytes(self, relpath: str, max_bytes: int) -> bytes:
         """Read one member whole, raising SkippedInput when it cannot be read or is too large."""
         archive = self._open()
         try:
-            info = archive.getinfo(relpath)
+            info = self._first_info_by_name[relpath]
             check_file_size(info.file_size, max_bytes)
             with archive.open(info) as handle:
                 data = handle.read(max_bytes + 1)
@@ -153,6 +175,7 @@ class ZipSource:
         if self._zip is not None:
             self._zip.close()
             self._zip = None
+            self._first_info_by_name = {}
 
 
 def open_source(input_path: Path, exclude: Path | None = None) -> FolderSource | ZipSource:

@@ -4,11 +4,14 @@ repeats, stale split folders and malformed index files.
 Every input is made here from small synthetic pictures, so the tests need no data folder.
 """
 
+import hashlib
 import io
 import json
 import subprocess
 import sys
 import tarfile
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +158,29 @@ def test_split_ignores_extension_and_collisions():
         assert split_for_path(relpath, splits) == split_for_path(jpg_path, splits), relpath
     # Short paths keep the split of their key, so ordinary builds keep their split assignment.
     assert split_for_path("x/y.png", splits) == split_for_key("x-y", splits)
+
+
+# ----------------------------------------------------------------------------- zip input
+
+
+def test_zip_repeated_name_first_kept_later_skipped(tmp_path):
+    first = encoded(picture(0), "PNG")
+    second = encoded(picture(1), "PNG")
+    archive = tmp_path / "in.zip"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns when it writes a repeated name
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("deep/one.png", first)
+            zf.writestr("other.png", encoded(picture(2), "PNG"))
+            zf.writestr("deep/one.png", second)
+    build(archive, tmp_path / "out")
+
+    index = read_index(tmp_path / "out")
+    entries = skipped_entries(index, "deep/one.png")
+    assert len(entries) == 1, index["skipped"]
+    assert entries[0]["kind"] == "duplicate_name"
+    assert "zip member 3 of 3 has the same name as member 1" in entries[0]["reason"]
+    assert sample_sources(tmp_path / "out") == ["deep/one.png", "other.png"]
+    with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:
+        meta = json.loads(tar.extractfile("deep-one.json").read())
+    assert meta["sha256"] == hashlib.sha256(first).hexdigest()
