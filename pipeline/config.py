@@ -344,3 +344,45 @@ def describe_keys(node: Any = None, prefix: str = "") -> list[tuple[str, str]]:
         else:
             rows.append((f"{prefix}{f.name}", f.metadata.get("doc", "")))
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The official SAM training options (options/train_options.py of yuval-alaluf/SAM) and where each
+# one lives here. A value of None means the option has no counterpart, for the reason given.
+
+OFFICIAL_TRAIN_OPTIONS: dict[str, str | tuple[None, str]] = {
+    "exp_dir": "output_dir",
+    "dataset_type": (None, "the dataset is the shard folder in data.train_shards / data.test_shards"),
+    "input_nc": (None, "fixed at 4 (RGB plus the age plane) by the SAM model"),
+    "label_nc": (None, "pSp's label channels are unused by SAM (always 0)"),
+    "output_size": "model.output_size",
+    "batch_size": "train.batch_size",
+    "test_batch_size": "eval.batch_size",
+    "workers": "data.num_workers",
+    "test_workers": (None, "evaluation reads its shards in the main process"),
+    "learning_rate": "train.learning_rate",
+    "optim_name": "train.optimizer",
+    "train_decoder": (None, "the generator stays frozen, as in every released SAM model"),
+    "start_from_latent_avg": "model.start_from_latent_avg",
+    "start_from_encoded_w_plus": "model.start_from_encoded_w_plus",
+    "lpips_lambda": "loss.lpips_lambda",
+    "id_lambda": "loss.id_lambda",
+    "l2_lambda": "loss.l2_lambda",
+    "w_norm_lambda": "loss.w_norm_lambda",
+    "aging_lambda": "loss.aging_lambda",
+    "cycle_lambda": "loss.cycle_lambda",
+    "lpips_lambda_crop": "loss.lpips_lambda_crop",
+    "l2_lambda_crop": "loss.l2_lambda_crop",
+    "lpips_lambda_aging": "loss.lpips_lambda_aging",
+    "l2_lambda_aging": "loss.l2_lambda_aging",
+    "stylegan_weights": "weights.stylegan",
+    "checkpoint_path": "weights.sam",
+    "max_steps": "train.max_steps",
+    "image_interval": "train.image_interval",
+    "board_interval": "train.log_interval",
+    "val_interval": "train.val_interval",
+    "save_interval": "train.save_interval",
+    "target_age": (None, "training always draws targets as 'uniform_random' does; data.keep_input_age_prob sets the share kept"),
+    "use_weighted_id_loss": "loss.use_weighted_id_loss",
+    "pretrained_psp_path": "weights.psp_encoder",
+}
