@@ -4,7 +4,9 @@ Example:
     python shards/build.py --input ffhq/images1024x1024 --output data/ffhq_256 --workers 8
     python shards/build.py --input celeba_hq.zip --output data/celeba_256 --split train=0.9,val=0.1
 
-Re-running the same command after an interruption reuses every complete shard.
+Re-running the same command after an interruption reuses every complete shard. A build into the
+output of an earlier build replaces it: shard files the new plan has no place for are deleted, and
+so are the shard sets of earlier splits that the new build does not write (the summary names them).
 Exit status: 0 on success, 1 when --strict and an input file was skipped (after the index is
 written), 2 on invalid options or input.
 """

@@ -117,6 +117,7 @@ class BuildReport:
     num_shards: int = 0
     num_shards_reused: int = 0
     skipped_by_kind: Counter = field(default_factory=Counter)
+    removed_splits: list[str] = field(default_factory=list)
 
     @property
     def num_skipped(self) -> int:
@@ -126,9 +127,12 @@ class BuildReport:
         """Return the one-line summary printed at the end of a build."""
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.skipped_by_kind.items()))
         skipped = f"{self.num_skipped} skipped" + (f" ({kinds})" if kinds else "")
-        return (f"summary: {self.num_written} written, {skipped}, {self.skipped_by_kind['duplicate']} duplicates, "
+        line = (f"summary: {self.num_written} written, {skipped}, {self.skipped_by_kind['duplicate']} duplicates, "
                 f"{self.num_upsampled} upsampled, {self.num_shards} shards ({self.num_shards_reused} reused), "
                 f"{elapsed_sec:.1f} s")
+        if self.removed_splits:
+            line += f", removed the shard sets of earlier splits {', '.join(self.removed_splits)}"
+        return line
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -389,6 +393,7 @@ def write_indexes(options: BuildOptions, split_plans: list[SplitPlan], results: 
     """Write index.json per output folder, and splits.json with --split, and return the counts."""
     report = BuildReport()
     output = Path(options.output)
+    report.removed_splits = remove_stale_splits(output, split_plans)
     split_entries = []
     for split_plan in split_plans:
         shard_results = [results[(str(plan.folder), plan.name)] for plan in split_plan.shards]
@@ -414,3 +419,16 @@ def write_indexes(options: BuildOptions, split_plans: list[SplitPlan], results: 
     else:
         (output / shard_index.SPLITS_NAME).unlink(missing_ok=True)
     return report
+
+
+def remove_stale_splits(output: Path, split_plans: list[SplitPlan]) -> list[str]:
+    """Delete the shard sets of earlier splits that this build does not write, and return their names.
+
+    This covers a build without --split over an earlier split build, and a build whose split
+    names differ from the earlier ones. Only files a build writes are deleted.
+    """
+    planned = {split_plan.name for split_plan in split_plans if split_plan.name}
+    stale = [name for name in shard_index.find_split_folders(output) if name not in planned]
+    for name in stale:
+        shard_index.remove_shard_set(output / name)
+    return stale

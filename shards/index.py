@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from shards.plan import ShardPlan
+from shards.plan import SPLIT_NAME_PATTERN, ShardPlan
 from shards.tario import canonical_json, file_sha256, write_file_atomic
 
 INDEX_FORMAT = "sam-shards/1"
@@ -88,7 +88,8 @@ def check_output_folder(output: Path, split_names: list[str]) -> None:
     """Raise ValueError when `output` contains files that no shard build wrote.
 
     Accepted: an empty folder, a folder with an earlier index or checkpoints, and a folder that
-    contains only shard files, temporary files and folders named like the requested splits.
+    contains only shard files, temporary files, folders named like the requested splits and split
+    folders of an earlier build.
     """
     if not output.exists():
         return
@@ -97,9 +98,10 @@ def check_output_folder(output: Path, split_names: list[str]) -> None:
     names = sorted(os.listdir(output))
     if {INDEX_NAME, SPLITS_NAME, CHECKPOINT_FOLDER} & set(names):
         return
+    known = set(split_names) | set(find_split_folders(output))
     foreign = [
         name for name in names
-        if name not in split_names and not SHARD_FILE_PATTERN.match(name) and not TEMP_FILE_PATTERN.match(name)
+        if name not in known and not SHARD_FILE_PATTERN.match(name) and not TEMP_FILE_PATTERN.match(name)
     ]
     if foreign:
         raise ValueError(
@@ -135,3 +137,49 @@ def remove_stale_shards(folder: Path, planned_names: set[str]) -> list[str]:
             if name.endswith(".json") and name[: -len(".json")] not in planned_names:
                 (checkpoints / name).unlink()
     return removed
+
+
+def read_split_names(output: Path) -> list[str]:
+    """Return the valid split names listed in `output/splits.json`, or [] when it is missing or malformed."""
+    try:
+        splits = json.loads((output / SPLITS_NAME).read_text())["splits"]
+        names = [split["name"] for split in splits]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [name for name in names if isinstance(name, str) and SPLIT_NAME_PATTERN.match(name)]
+
+
+def find_split_folders(output: Path) -> list[str]:
+    """Return the names of subfolders of `output` that contain the shard set of a split.
+
+    A subfolder counts when splits.json lists it, or when it contains index.json or a checkpoint
+    folder. Symlinks and names that no split can have (hidden names, for one) never count.
+    """
+    if not output.is_dir():
+        return []
+    listed = set(read_split_names(output))
+    found = []
+    for name in sorted(os.listdir(output)):
+        folder = output / name
+        if not SPLIT_NAME_PATTERN.match(name) or folder.is_symlink() or not folder.is_dir():
+            continue
+        if name in listed or (folder / INDEX_NAME).is_file() or (folder / CHECKPOINT_FOLDER).is_dir():
+            found.append(name)
+    return found
+
+
+def remove_shard_set(folder: Path) -> None:
+    """Delete the index, shards, checkpoints and temporary files a build wrote in `folder`.
+
+    The folder itself is deleted when nothing else is left in it.
+    """
+    # The index goes first, so an interrupted removal never leaves an index without its shards.
+    (folder / INDEX_NAME).unlink(missing_ok=True)
+    remove_stale_shards(folder, set())
+    remove_temp_files(folder)
+    for empty_candidate in (folder / CHECKPOINT_FOLDER, folder):
+        try:
+            empty_candidate.rmdir()
+        except OSError:
+            # Missing, or it contains files that no build wrote: leave it.
+            pass

@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shards.index import INDEX_FORMAT, INDEX_NAME, SHARD_FILE_PATTERN, SPLITS_NAME  # noqa: E402
+from shards.index import INDEX_FORMAT, INDEX_NAME, SHARD_FILE_PATTERN, SPLITS_NAME, find_split_folders  # noqa: E402
 from shards.tario import file_sha256  # noqa: E402
 
 # The only decoder tried on each sample image: the one of the index's image_format.
@@ -35,16 +35,43 @@ def verify_output(folder: Path) -> tuple[list[str], int]:
     """Verify a build output (one index or a split layout); return problems and the sample count."""
     folder = Path(folder)
     if (folder / INDEX_NAME).is_file():
-        return verify_index_folder(folder, label_prefix="")
+        problems, num_samples = verify_index_folder(folder, label_prefix="")
+        return problems + mixed_layout_problems(folder), num_samples
     if (folder / SPLITS_NAME).is_file():
         problems, num_samples = [], 0
         splits = read_json(folder / SPLITS_NAME, problems)
+        listed = []
         for split in (splits or {}).get("splits", []):
+            listed.append(split["name"])
             split_problems, split_samples = verify_index_folder(folder / split["name"], f"{split['name']}/")
             problems += split_problems
             num_samples += split_samples
-        return problems, num_samples
+        return problems + unlisted_output_problems(folder, listed), num_samples
     return [f"{folder}: no {INDEX_NAME} or {SPLITS_NAME}; build shards with shards/build.py first"], 0
+
+
+def mixed_layout_problems(folder: Path) -> list[str]:
+    """Return a problem for each sign of a split build next to a top-level index.json."""
+    problems = []
+    fix = "the folder mixes two builds; run shards/build.py into it again"
+    if (folder / SPLITS_NAME).exists():
+        problems.append(f"{SPLITS_NAME}: present next to the top-level {INDEX_NAME}; {fix}")
+    for name in find_split_folders(folder):
+        problems.append(f"{name}/: split folder next to the top-level {INDEX_NAME}; {fix}")
+    return problems
+
+
+def unlisted_output_problems(folder: Path, listed_splits: list[str]) -> list[str]:
+    """Return a problem for each split folder or top-level shard file that splits.json does not list."""
+    problems = []
+    fix = "the folder mixes two builds; run shards/build.py into it again"
+    for name in find_split_folders(folder):
+        if name not in listed_splits:
+            problems.append(f"{name}/: split folder not listed in {SPLITS_NAME}; {fix}")
+    for name in sorted(os.listdir(folder)):
+        if SHARD_FILE_PATTERN.match(name):
+            problems.append(f"{name}: shard file outside the split folders of {SPLITS_NAME}; {fix}")
+    return problems
 
 
 def verify_index_folder(folder: Path, label_prefix: str) -> tuple[list[str], int]:

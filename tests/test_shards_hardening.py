@@ -7,6 +7,7 @@ Every input is made here from small synthetic pictures, so the tests need no dat
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -184,3 +185,86 @@ def test_zip_repeated_name_first_kept_later_skipped(tmp_path):
     with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:
         meta = json.loads(tar.extractfile("deep-one.json").read())
     assert meta["sha256"] == hashlib.sha256(first).hexdigest()
+
+
+# ----------------------------------------------------------------------------- stale split folders
+
+
+@pytest.fixture
+def small_input(tmp_path):
+    """Return a folder of eight small pictures, enough to fill two splits."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed in range(8):
+        picture(seed).save(folder / f"{seed:02d}.png")
+    return folder
+
+
+def test_build_without_split_removes_split_sets(small_input, tmp_path):
+    output = tmp_path / "out"
+    build(small_input, output, splits=parse_splits("train=0.5,val=0.5"))
+    assert (output / "val" / "index.json").is_file()
+    report = build(small_input, output)
+
+    assert report.removed_splits == ["train", "val"]
+    assert "removed the shard sets of earlier splits train, val" in report.summary_line(0.0)
+    assert not (output / "train").exists()
+    assert not (output / "val").exists()
+    assert not (output / "splits.json").exists()
+    assert verify_output(output) == ([], 8)
+
+
+def test_renamed_splits_remove_old_split_set(small_input, tmp_path):
+    output = tmp_path / "out"
+    build(small_input, output, splits=parse_splits("train=0.5,val=0.5"))
+    report = build(small_input, output, splits=parse_splits("train=0.5,test=0.5"))
+
+    assert report.removed_splits == ["val"]
+    assert not (output / "val").exists()
+    assert sorted(path.name for path in output.iterdir()) == ["splits.json", "test", "train"]
+    assert verify_output(output) == ([], 8)
+
+
+def test_stale_split_folder_keeps_foreign_files(small_input, tmp_path):
+    output = tmp_path / "out"
+    build(small_input, output, splits=parse_splits("train=0.5,val=0.5"))
+    (output / "val" / "notes.txt").write_text("keep me")
+    build(small_input, output)
+    assert sorted(path.name for path in (output / "val").iterdir()) == ["notes.txt"]
+    assert verify_output(output) == ([], 8)
+
+
+def test_interrupted_split_build_then_plain_build(small_input, tmp_path):
+    # A split build stopped before splits.json leaves only split folders with checkpoints.
+    output = tmp_path / "out"
+    build(small_input, output, splits=parse_splits("train=0.5,val=0.5"))
+    (output / "splits.json").unlink()
+    for name in ("train", "val"):
+        (output / name / "index.json").unlink()
+    report = build(small_input, output)
+    assert report.removed_splits == ["train", "val"]
+    assert verify_output(output) == ([], 8)
+
+
+def test_verify_rejects_split_folder_beside_index(small_input, tmp_path):
+    build(small_input, tmp_path / "split", splits=parse_splits("train=0.5,val=0.5"))
+    build(small_input, tmp_path / "plain")
+    shutil.copytree(tmp_path / "split" / "val", tmp_path / "plain" / "val")
+    result = run_verify(tmp_path / "plain")
+    assert result.returncode == 1
+    assert "val/: split folder next to the top-level index.json" in result.stdout
+
+    shutil.copy(tmp_path / "split" / "splits.json", tmp_path / "plain" / "splits.json")
+    problems, _ = verify_output(tmp_path / "plain")
+    assert any(line.startswith("splits.json: present next to the top-level index.json") for line in problems)
+
+
+def test_verify_rejects_unlisted_split_and_shard(small_input, tmp_path):
+    output = tmp_path / "out"
+    build(small_input, output, splits=parse_splits("train=0.5,val=0.5"))
+    shutil.copytree(output / "val", output / "old")
+    shutil.copy(output / "val" / "shard-000000.tar", output / "shard-000000.tar")
+    problems, _ = verify_output(output)
+    assert any(line.startswith("old/: split folder not listed in splits.json") for line in problems), problems
+    assert any(line.startswith("shard-000000.tar: shard file outside the split folders") for line in problems), \
+        problems
