@@ -322,6 +322,7 @@ class Trainer:
         cfg = self.cfg
         if self.state.step >= cfg.train.max_steps:
             log.info("nothing to do: step %d already reached train.max_steps %d", self.state.step, cfg.train.max_steps)
+            self.logger.close()
             return
         log.info("training from step %d to %d on %d rank(s), %d images per step",
                  self.state.step, cfg.train.max_steps, self.dist.world_size,
