@@ -3,10 +3,13 @@
 Usage:
     python shards/verify.py DIR
 
-DIR contains index.json, or splits.json with one folder per split. For every shard the check
-compares the byte size and sha256 with index.json, reads the tar, and checks that every sample
-has exactly its image and its json member, that the image decodes as RGB at the index's
-resolution, and that the sample count matches. Exit status 0 when nothing is wrong, 1 otherwise.
+DIR contains index.json, or splits.json with one folder per split. A malformed index, or a shard
+name that is not shard-NNNNNN.tar, is reported as a problem. An index file, split folder or shard
+that is a symbolic link is reported instead of read, so only files inside DIR are read. For every
+shard the check compares the byte size and sha256 with index.json, reads the tar, and checks that
+every sample has exactly its image and its json member, that the image decodes as RGB at the
+index's resolution, and that the sample count matches. Exit status 0 when nothing is wrong,
+1 otherwise.
 """
 
 from __future__ import annotations
@@ -24,30 +27,47 @@ from PIL import Image, UnidentifiedImageError
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shards.index import INDEX_FORMAT, INDEX_NAME, SHARD_FILE_PATTERN, SPLITS_NAME, find_split_folders  # noqa: E402
+from shards.index import INDEX_NAME, SHARD_FILE_PATTERN, SPLITS_NAME, find_split_folders  # noqa: E402
+from shards.index_schema import index_problems, splits_problems  # noqa: E402
 from shards.tario import file_sha256  # noqa: E402
 
 # The only decoder tried on each sample image: the one of the index's image_format.
 PIL_FORMAT_BY_SUFFIX = {"jpg": "JPEG", "png": "PNG"}
+# The builder writes no symlinks, and following one could read files outside the checked folder.
+SYMLINK_PROBLEM = "is a symbolic link; verify.py reads only files inside the folder, so replace it with the file"
 
 
 def verify_output(folder: Path) -> tuple[list[str], int]:
     """Verify a build output (one index or a split layout); return problems and the sample count."""
     folder = Path(folder)
-    if (folder / INDEX_NAME).is_file():
+    if (folder / INDEX_NAME).exists() or (folder / INDEX_NAME).is_symlink():
         problems, num_samples = verify_index_folder(folder, label_prefix="")
         return problems + mixed_layout_problems(folder), num_samples
-    if (folder / SPLITS_NAME).is_file():
-        problems, num_samples = [], 0
-        splits = read_json(folder / SPLITS_NAME, problems)
-        listed = []
-        for split in (splits or {}).get("splits", []):
-            listed.append(split["name"])
-            split_problems, split_samples = verify_index_folder(folder / split["name"], f"{split['name']}/")
-            problems += split_problems
-            num_samples += split_samples
-        return problems + unlisted_output_problems(folder, listed), num_samples
+    if (folder / SPLITS_NAME).exists() or (folder / SPLITS_NAME).is_symlink():
+        return verify_split_layout(folder)
     return [f"{folder}: no {INDEX_NAME} or {SPLITS_NAME}; build shards with shards/build.py first"], 0
+
+
+def verify_split_layout(folder: Path) -> tuple[list[str], int]:
+    """Verify each split folder that splits.json lists; return problems and the sample count."""
+    problems: list[str] = []
+    splits = read_json(folder / SPLITS_NAME, SPLITS_NAME, problems)
+    if splits is None:
+        return problems, 0
+    problems += splits_problems(splits, SPLITS_NAME)
+    if problems:
+        return problems, 0
+
+    num_samples = 0
+    listed = [split["name"] for split in splits["splits"]]
+    for name in listed:
+        if (folder / name).is_symlink():
+            problems.append(f"{name}/: {SYMLINK_PROBLEM}")
+            continue
+        split_problems, split_samples = verify_index_folder(folder / name, f"{name}/")
+        problems += split_problems
+        num_samples += split_samples
+    return problems + unlisted_output_problems(folder, listed), num_samples
 
 
 def mixed_layout_problems(folder: Path) -> list[str]:
@@ -77,11 +97,11 @@ def unlisted_output_problems(folder: Path, listed_splits: list[str]) -> list[str
 def verify_index_folder(folder: Path, label_prefix: str) -> tuple[list[str], int]:
     """Verify every shard listed in `folder/index.json` and look for unlisted shard files."""
     problems: list[str] = []
-    index = read_json(folder / INDEX_NAME, problems)
+    index = read_json(folder / INDEX_NAME, f"{label_prefix}{INDEX_NAME}", problems)
     if index is None:
         return problems, 0
-    if index.get("format") != INDEX_FORMAT:
-        problems.append(f"{label_prefix}{INDEX_NAME}: format is {index.get('format')!r}, expected {INDEX_FORMAT!r}")
+    problems += index_problems(index, f"{label_prefix}{INDEX_NAME}", tuple(PIL_FORMAT_BY_SUFFIX))
+    if problems:
         return problems, 0
 
     listed = set()
@@ -100,19 +120,24 @@ def verify_index_folder(folder: Path, label_prefix: str) -> tuple[list[str], int
     return problems, num_samples
 
 
-def read_json(path: Path, problems: list[str]) -> dict | None:
+def read_json(path: Path, label: str, problems: list[str]) -> object | None:
     """Return the parsed JSON file, or None after adding a problem line."""
+    if path.is_symlink():
+        problems.append(f"{label}: {SYMLINK_PROBLEM}")
+        return None
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        problems.append(f"{path}: missing")
-    except (OSError, ValueError) as exc:
-        problems.append(f"{path}: unreadable JSON: {exc}")
+        problems.append(f"{label}: missing")
+    except (OSError, ValueError, RecursionError) as exc:
+        problems.append(f"{label}: unreadable JSON: {exc}")
     return None
 
 
 def verify_shard(path: Path, record: dict, resolution: int, image_format: str, label: str) -> list[str]:
     """Return the problems of one shard file."""
+    if path.is_symlink():
+        return [f"{label}: {SYMLINK_PROBLEM}"]
     if not path.is_file():
         return [f"{label}: missing shard file"]
     problems = []
@@ -207,8 +232,11 @@ class SampleChecker:
             return
         try:
             meta = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             self.problems.append(f"{prefix}: json member does not parse: {exc}")
+            return
+        if not isinstance(meta, dict):
+            self.problems.append(f"{prefix}: json member is a {type(meta).__name__}, expected an object")
             return
         missing = [field for field in ("source", "original_size", "sha256") if field not in meta]
         if missing:

@@ -268,3 +268,100 @@ def test_verify_rejects_unlisted_split_and_shard(small_input, tmp_path):
     assert any(line.startswith("old/: split folder not listed in splits.json") for line in problems), problems
     assert any(line.startswith("shard-000000.tar: shard file outside the split folders") for line in problems), \
         problems
+
+
+# ----------------------------------------------------------------------------- malformed index files
+
+
+@pytest.fixture
+def clean_output(small_input, tmp_path):
+    """Return a finished build of the small pictures in two shards, and a copy of it beside it."""
+    output = tmp_path / "out"
+    build(small_input, output, samples_per_shard=4)
+    shutil.copytree(output, tmp_path / "sibling")
+    return output
+
+
+def rewrite_json(path, change):
+    value = json.loads(path.read_text())
+    path.write_text(json.dumps(change(value)))
+
+
+def set_in_first_shard(key, value):
+    def change(index):
+        index["shards"][0][key] = value
+        return index
+    return change
+
+
+def drop_key(key):
+    def change(index):
+        del index[key]
+        return index
+    return change
+
+
+MALFORMED_INDEXES = {
+    "list": (lambda index: [index], "index.json: expected a JSON object, found list"),
+    "no_shards": (drop_key("shards"), "index.json: missing 'shards'"),
+    "shards_not_list": (lambda index: dict(index, shards={"name": "x"}), "index.json: 'shards' is {'name': 'x'}"),
+    "record_not_object": (lambda index: dict(index, shards=[5]), "index.json: shards[0]: expected a JSON object"),
+    "record_no_name": (lambda index: dict(index, shards=[{k: v for k, v in index["shards"][0].items() if k != "name"}]),
+                       "index.json: shards[0]: missing 'name'"),
+    "name_traversal": (set_in_first_shard("name", "../sibling/shard-000000.tar"),
+                       "index.json: shards[0]: 'name' is '../sibling/shard-000000.tar'"),
+    "name_absolute": (set_in_first_shard("name", "/etc/passwd"), "index.json: shards[0]: 'name' is '/etc/passwd'"),
+    "samples_string": (set_in_first_shard("samples", "4"), "index.json: shards[0]: 'samples' is '4'"),
+    "bytes_bool": (set_in_first_shard("bytes", True), "index.json: shards[0]: 'bytes' is True"),
+    "sha256_short": (set_in_first_shard("sha256", "abc"), "index.json: shards[0]: 'sha256' is 'abc'"),
+    "name_twice": (lambda index: dict(index, shards=[index["shards"][0], index["shards"][0]]),
+                   "index.json: shards[1]: name 'shard-000000.tar' is listed twice"),
+    "resolution_string": (lambda index: dict(index, resolution="16"), "index.json: 'resolution' is '16'"),
+    "image_format_gif": (lambda index: dict(index, image_format="gif"), "index.json: 'image_format' is 'gif'"),
+    "format_missing": (drop_key("format"), "index.json: format is None"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_INDEXES))
+def test_verify_reports_malformed_index(clean_output, case):
+    change, expected_start = MALFORMED_INDEXES[case]
+    rewrite_json(clean_output / "index.json", change)
+    result = run_verify(clean_output)
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    assert any(line.startswith(expected_start) for line in result.stdout.splitlines()), result.stdout
+
+
+def test_verify_reports_deeply_nested_index(clean_output):
+    (clean_output / "index.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = run_verify(clean_output)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.startswith("index.json: unreadable JSON")
+
+
+def test_verify_follows_no_symlink_out_of_folder(clean_output, tmp_path):
+    shard = clean_output / "shard-000000.tar"
+    shard.unlink()
+    shard.symlink_to(tmp_path / "sibling" / "shard-000000.tar")
+    problems, _ = verify_output(clean_output)
+    assert problems == ["shard-000000.tar: is a symbolic link; verify.py reads only files inside the folder, "
+                        "so replace it with the file"]
+
+
+def test_verify_reports_malformed_splits_json(small_input, tmp_path):
+    output = tmp_path / "out"
+    build(small_input, output, splits=parse_splits("train=0.5,val=0.5"))
+    cases = {
+        "not_object": ("[]", "splits.json: expected a JSON object, found list"),
+        "no_splits": ('{"format": "sam-shards/1"}', "splits.json: missing 'splits'"),
+        "entry_no_name": ('{"splits": [{}]}', "splits.json: splits[0]: missing 'name'"),
+        "name_traversal": ('{"splits": [{"name": "../out"}]}', "splits.json: splits[0]: 'name' is '../out'"),
+        "name_dot": ('{"splits": [{"name": "."}]}', "splits.json: splits[0]: 'name' is '.'"),
+    }
+    for case, (text, expected_start) in cases.items():
+        (output / "splits.json").write_text(text)
+        result = run_verify(output)
+        assert result.returncode == 1, case
+        assert "Traceback" not in result.stderr, case
+        assert result.stdout.startswith(expected_start), (case, result.stdout)
