@@ -62,10 +62,12 @@ def main() -> None:
         parts.aging(out_img, age).backward()
 
     def full_step():
+        reference = objective.reference(src_img)
         for pass_name in ("real", "cycle"):
             img, w_plus = sam(add_age_channel(src_img, age))
             loss, _ = objective(src_img=src_img, out_img=img, w_plus=w_plus, latent_avg=sam.latent_avg,
-                                target_age=age, input_age=age, keep_input_age=False, pass_name=pass_name)
+                                target_age=age, input_age=age, keep_input_age=False, pass_name=pass_name,
+                                reference=reference)
             loss.backward()
         sam.encoder.clear_gradients()
 

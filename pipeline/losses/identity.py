@@ -76,7 +76,7 @@ class IDLoss(nn.Layer):
         super().__init__()
         self.facenet = freeze(backbone)
 
-    def forward(self, y_hat, y, x, weights=None):
+    def forward(self, y_hat, y, x, weights=None, reference_feats=None):
         """Return (loss, logs) for outputs y_hat, targets y and inputs x, all [B, 3, 256, 256].
 
         `weights` [B] (see age_gap_weights) or None for the unweighted loss. The loss is a
@@ -89,7 +89,8 @@ class IDLoss(nn.Layer):
 
         batch_size = y_hat.shape[0]
         y_hat_feats = extract_feats(self.facenet, y_hat)
-        y_feats, x_feats = self._reference_feats(y, x)
+        # reference_feats = (embeddings of y, embeddings of x), when the caller computed them once.
+        y_feats, x_feats = reference_feats if reference_feats is not None else self.reference_feats(y, x)
 
         diff_target = paired_similarity(y_hat_feats, y_feats)  # [B]
         weight_values = np.ones(batch_size) if weights is None else _as_float64(weights)
@@ -104,7 +105,7 @@ class IDLoss(nn.Layer):
         logs = similarity_logs(loss, diff_target, diff_input, diff_views, weight_values)
         return loss, logs
 
-    def _reference_feats(self, y, x):
+    def reference_feats(self, y, x):
         """Return the embeddings of y and x without gradient, in one backbone pass."""
         with paddle.no_grad():
             if y is x:

@@ -9,6 +9,8 @@ own age. The cycle pass's total is multiplied by cycle_lambda.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import paddle
 import paddle.nn.functional as F
 
@@ -31,6 +33,15 @@ def w_norm_loss(w_plus: paddle.Tensor, latent_avg: paddle.Tensor) -> paddle.Tens
     return paddle.sqrt((offset * offset).sum(axis=[1, 2])).sum() / w_plus.shape[0]
 
 
+@dataclass
+class ReferenceFeatures:
+    """Features of the target image that both passes of a step compare against, computed once."""
+
+    lpips_whole: list
+    lpips_crop: list
+    id_feats: tuple  # (embeddings of the target, embeddings of the input); the same image in SAM
+
+
 class SamObjective:
     """Compute one pass's weighted loss and its named terms.
 
@@ -47,14 +58,26 @@ class SamObjective:
         self.lpips = lpips
         self.aging = aging
 
+    def reference(self, src_img: paddle.Tensor) -> ReferenceFeatures:
+        """Encode the target image for LPIPS (whole and face crop) and the ID network, without gradient."""
+        with paddle.no_grad():
+            return ReferenceFeatures(
+                lpips_whole=self.lpips.net(src_img),
+                lpips_crop=self.lpips.net(face_crop(src_img)),
+                id_feats=self.id_loss.reference_feats(src_img, src_img),
+            )
+
     def __call__(self, *, src_img, out_img, w_plus, latent_avg, target_age, input_age, keep_input_age: bool,
-                 pass_name: str) -> tuple[paddle.Tensor, dict]:
+                 pass_name: str, reference: ReferenceFeatures | None = None) -> tuple[paddle.Tensor, dict]:
         """Return (weighted loss, {term name: detached value}) for one pass.
 
         src_img is both the encoder input and the reconstruction target, as in SAM's dataset.
-        target_age and input_age are [B] ages divided by 100.
+        target_age and input_age are [B] ages divided by 100. `reference` holds src_img's features
+        from reference(); the trainer computes it once for the real and the cycle pass.
         """
         cfg = self.cfg
+        if reference is None:
+            reference = self.reference(src_img)
         terms: dict = {}
         total = paddle.zeros([], dtype="float32")
 
@@ -62,7 +85,8 @@ class SamObjective:
             weights = None
             if cfg.use_weighted_id_loss:
                 weights = age_gap_weights(target_age, input_age)  # host sync: float64 weights as SAM
-            loss_id, id_logs = self.id_loss(out_img, src_img, src_img, weights=weights)
+            loss_id, id_logs = self.id_loss(out_img, src_img, src_img, weights=weights,
+                                            reference_feats=reference.id_feats)
             terms["id"] = loss_id
             terms["id_improve"] = id_logs["id_improve"]
             total = total + cfg.id_lambda * loss_id
@@ -71,11 +95,11 @@ class SamObjective:
             terms["l2"] = loss_l2
             total = total + (cfg.l2_lambda if keep_input_age else cfg.l2_lambda_aging) * loss_l2
         if cfg.lpips_lambda > 0:
-            loss_lpips = self.lpips.batch_mean(out_img, src_img)
+            loss_lpips = self.lpips.batch_mean_to_features(out_img, reference.lpips_whole)
             terms["lpips"] = loss_lpips
             total = total + (cfg.lpips_lambda if keep_input_age else cfg.lpips_lambda_aging) * loss_lpips
         if cfg.lpips_lambda_crop > 0:
-            loss_lpips_crop = self.lpips.batch_mean(face_crop(out_img), face_crop(src_img))
+            loss_lpips_crop = self.lpips.batch_mean_to_features(face_crop(out_img), reference.lpips_crop)
             terms["lpips_crop"] = loss_lpips_crop
             total = total + cfg.lpips_lambda_crop * loss_lpips_crop
         if cfg.l2_lambda_crop > 0:

@@ -99,11 +99,19 @@ class LPIPS(nn.Layer):
     def per_layer(self, x, y):
         """Return a [5, B] tensor: the spatial mean of lin_k((fx_k - fy_k)^2) per layer and pair."""
         _check_pair(x, y)
+        return self.per_layer_to_features(x, self.net(y))
+
+    def per_layer_to_features(self, x, feats_y):
+        """Return per_layer(x, y) given feats_y = self.net(y), so a fixed reference is encoded once."""
         distances = []
-        for feat_x, feat_y, head in zip(self.net(x), self.net(y), self.lin):
+        for feat_x, feat_y, head in zip(self.net(x), feats_y, self.lin):
             diff = (feat_x - feat_y) ** 2
             distances.append(head(diff).mean(axis=[1, 2, 3]))  # [B]; the head has one channel
         return paddle.stack(distances)
+
+    def batch_mean_to_features(self, x, feats_y):
+        """Return batch_mean(x, y) given feats_y = self.net(y)."""
+        return self.per_layer_to_features(x, feats_y).sum() / x.shape[0]
 
     def forward(self, x, y):
         """Return the LPIPS distance of each pair (x[i], y[i]) as a [B] tensor."""

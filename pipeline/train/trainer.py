@@ -200,13 +200,16 @@ class Trainer:
         with paddle.no_grad():
             input_age = self.parts.aging.estimate_ages(src_img) / 100.0
         target_age, keep_input_age = draw_target_ages(input_age, rng, cfg.data.keep_input_age_prob)
+        with self.amp.autocast():
+            reference = self.objective.reference(src_img)  # shared by both passes
 
         # Real pass: age the input to the target age.
         with grad_sync(self.encoder, sync=False), self.amp.autocast():
             aged_img, w_plus = self.sam(add_age_channel(src_img, target_age), encoder=self.encoder)
             loss_real, terms = self.objective(
                 src_img=src_img, out_img=aged_img, w_plus=w_plus, latent_avg=self.sam.latent_avg,
-                target_age=target_age, input_age=input_age, keep_input_age=keep_input_age, pass_name="real")
+                target_age=target_age, input_age=input_age, keep_input_age=keep_input_age, pass_name="real",
+                reference=reference)
         with grad_sync(self.encoder, sync=False):
             self.amp.scale(loss_real * scale).backward()
 
@@ -216,7 +219,8 @@ class Trainer:
             cycle_img, w_cycle = self.sam(cycle_input, encoder=self.encoder)
             loss_cycle, cycle_terms = self.objective(
                 src_img=src_img, out_img=cycle_img, w_plus=w_cycle, latent_avg=self.sam.latent_avg,
-                target_age=input_age, input_age=input_age, keep_input_age=keep_input_age, pass_name="cycle")
+                target_age=input_age, input_age=input_age, keep_input_age=keep_input_age, pass_name="cycle",
+                reference=reference)
         with grad_sync(self.encoder, sync=sync):
             self.amp.scale(loss_cycle * scale).backward()
 
