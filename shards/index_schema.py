@@ -67,12 +67,10 @@ def shard_record_problems(record: object, where: str) -> list[str]:
     if not isinstance(record, dict):
         return [f"{where}: expected a JSON object, found {type(record).__name__}"]
     problems = [
-        field_problem(record, "name", lambda value: isinstance(value, str) and bool(SHARD_FILE_PATTERN.fullmatch(value)),
-                      "a shard file name such as 'shard-000000.tar'", where),
+        field_problem(record, "name", is_shard_name, "a shard file name such as 'shard-000000.tar'", where),
         field_problem(record, "samples", is_count, "a non-negative integer", where),
         field_problem(record, "bytes", is_count, "a non-negative integer", where),
-        field_problem(record, "sha256", lambda value: isinstance(value, str) and bool(SHA256_PATTERN.match(value)),
-                      "64 lowercase hex digits", where),
+        field_problem(record, "sha256", is_sha256, "64 lowercase hex digits", where),
     ]
     return [problem for problem in problems if problem]
 
@@ -100,6 +98,14 @@ def is_count(value: object) -> bool:
 
 def is_positive_int(value: object) -> bool:
     return is_count(value) and value > 0
+
+
+def is_shard_name(value: object) -> bool:
+    return isinstance(value, str) and bool(SHARD_FILE_PATTERN.fullmatch(value))
+
+
+def is_sha256(value: object) -> bool:
+    return isinstance(value, str) and bool(SHA256_PATTERN.fullmatch(value))
 
 
 def is_split_name(value: object) -> bool:
