@@ -20,7 +20,7 @@ from eval.evaluator import Evaluator
 from eval.metrics import METRICS, build_metric_networks, plan_metrics
 from eval.samples import count_test_images
 from eval.summary import summarize
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.models.sam import SAM
 from pipeline.train.distributed import DistInfo
 
@@ -57,10 +57,10 @@ class Validator:
     def __init__(self, cfg: Config, dist_info: DistInfo, sam: SAM, lpips: paddle.nn.Layer | None = None,
                  dex: paddle.nn.Layer | None = None):
         if not cfg.data.test_shards:
-            raise ValueError("validation needs data.test_shards; set it, or disable validation with "
+            raise ConfigError("validation needs data.test_shards; set it, or disable validation with "
                              "train.val_interval=0")
         if cfg.train.val_images < 1:
-            raise ValueError("train.val_images is 0; set it to at least 1, or disable validation with "
+            raise ConfigError("train.val_images is 0; set it to at least 1, or disable validation with "
                              "train.val_interval=0")
         self.cfg = cfg
         self.dist_info = dist_info
@@ -77,7 +77,7 @@ class Validator:
     def _check_best_metric(self) -> None:
         metric = BEST_METRIC_SOURCES[self.cfg.train.best_metric]
         if metric in self.plan.skipped:
-            raise ValueError(
+            raise ConfigError(
                 f"train.best_metric={self.cfg.train.best_metric} cannot be computed: {self.plan.skipped[metric]}; "
                 "set the weights file or choose another train.best_metric (mse needs no weights)"
             )

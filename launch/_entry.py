@@ -40,16 +40,23 @@ def user_error_types() -> tuple:
     from pipeline.checkpoint.torch_format import CheckpointFormatError, UnsafeCheckpointError
     from pipeline.config import ConfigError
     from pipeline.data.stream import ShardIndexError
+    from pipeline.data.stream import ShardReadError
     from pipeline.train.checkpoint import CheckpointError
+    from pipeline.train.run import OutputDirBusyError
 
     return (WeightsMismatchError, CheckpointFormatError, UnsafeCheckpointError, ConfigError, ShardIndexError,
-            CheckpointError, FileNotFoundError)
+            ShardReadError, CheckpointError, OutputDirBusyError, FileNotFoundError)
 
 
 def exit_on_user_error(main) -> None:
-    """Run `main`; print a user error as one `error:` line and exit with status 2, without a traceback."""
+    """Run `main`; print a user error (status 2) or a failed run (status 1) as one `error:` line."""
+    from pipeline.train.trainer import TrainingError
+
     try:
         main()
     except user_error_types() as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

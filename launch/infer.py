@@ -55,9 +55,12 @@ def main() -> None:
     except FileNotFoundError as exc:
         raise SystemExit(f"error: {exc}")
     aligner = build_aligner(args) if args.align else None
-    sam = load_sam(cfg, args.checkpoint)
     output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise SystemExit(f"error: --output {output} is a file; pass a folder")
+    sam = load_sam(cfg, args.checkpoint)
     output.mkdir(parents=True, exist_ok=True)
+    names = output_names(files, Path(args.input))
 
     for path in files:
         try:
@@ -70,12 +73,26 @@ def main() -> None:
         # Render the input at every age; each output is [1, 3, 256, 256].
         batch = paddle.to_tensor(src_img[None])
         outputs = [age_images(sam, batch, age)[0].numpy() for age in ages]
-        name = path.stem
+        name = names[path]
         (output / name).mkdir(exist_ok=True)
         for age, img in zip(ages, outputs):
             save_image(img, output / name / f"age_{age}.png")
         save_image(np.concatenate([src_img] + outputs, axis=2), output / f"{name}_strip.png")
         logging.info("wrote %s (input, then ages %s)", output / f"{name}_strip.png", ",".join(map(str, ages)))
+
+
+def output_names(files: list[Path], input_path: Path) -> dict[Path, str]:
+    """Name each input's outputs by its path under --input, so equal file names never overwrite each other.
+
+    a/x.jpg becomes "a-x"; x.jpg and x.png in one folder become "x-jpg" and "x-png".
+    """
+    base = input_path if input_path.is_dir() else input_path.parent
+    stems = {path: "-".join(path.relative_to(base).with_suffix("").parts) for path in files}
+    counts: dict[str, int] = {}
+    for stem in stems.values():
+        counts[stem] = counts.get(stem, 0) + 1
+    return {path: stem if counts[stem] == 1 else f"{stem}-{path.suffix.lstrip('.').lower()}"
+            for path, stem in stems.items()}
 
 
 def build_aligner(args):

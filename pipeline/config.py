@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,8 +192,16 @@ def _check_value(dotted: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"invalid value {value!r} for {dotted}: expected an integer")
         return value
     if annotation is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-4 (no dot) as a string; accept it as the number it spells.
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"invalid value {value!r} for {dotted}: expected a number such as 1.0e-4") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"invalid value {value!r} for {dotted}: expected a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"invalid value {value!r} for {dotted}: expected a finite number")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -277,6 +286,17 @@ def validate(cfg: Config) -> None:
         )
     if cfg.train.learning_rate <= 0:
         raise ConfigError(f"invalid value {cfg.train.learning_rate!r} for train.learning_rate: expected > 0")
+    for name, value in dataclasses.asdict(cfg.loss).items():
+        if not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"invalid value {value!r} for loss.{name}: loss weights must be >= 0")
+    if cfg.amp.init_loss_scaling <= 0:
+        raise ConfigError(f"invalid value {cfg.amp.init_loss_scaling!r} for amp.init_loss_scaling: expected > 0")
+    if not 0 <= cfg.train.seed < 2**32:
+        raise ConfigError(f"invalid value {cfg.train.seed!r} for train.seed: expected an integer in [0, 2**32)")
+    if cfg.eval.num_grid_images < 0:
+        raise ConfigError(f"invalid value {cfg.eval.num_grid_images!r} for eval.num_grid_images: expected >= 0")
+    if not cfg.output_dir.strip():
+        raise ConfigError("output_dir is empty; set it to the run folder, e.g. -o output_dir=runs/my_run")
     size = cfg.model.output_size
     if size < 8 or size & (size - 1):
         raise ConfigError(f"invalid value {size!r} for model.output_size: expected a power of two >= 8")
@@ -298,6 +318,38 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"invalid value {ages!r} for {key}: expected a list of integer ages in 0..100")
         if len(set(ages)) != len(ages):
             raise ConfigError(f"invalid value {ages!r} for {key}: every age may appear once")
+    _validate_model(cfg.model, cfg.data)
+
+
+def _positive_int_list(value: list, key: str, length: int) -> None:
+    if len(value) != length or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+        raise ConfigError(f"invalid value {value!r} for {key}: expected {length} positive integers")
+
+
+def _validate_model(model: ModelConfig, data: DataConfig) -> None:
+    """Reject network sizes that cannot be built, naming the key."""
+    if model.style_dim < 1 or model.n_mlp < 1 or model.channel_multiplier < 1:
+        raise ConfigError("model.style_dim, model.n_mlp and model.channel_multiplier must be >= 1")
+    if model.encoder_num_layers not in (50, 100, 152):
+        raise ConfigError(f"invalid value {model.encoder_num_layers!r} for model.encoder_num_layers: expected 50, 100 or 152")
+    _positive_int_list(model.encoder_widths, "model.encoder_widths", 4)
+    _positive_int_list(model.id_net_widths, "model.id_net_widths", 4)
+    _positive_int_list(model.dex_conv_widths, "model.dex_conv_widths", 5)
+    if model.id_embedding_size < 1 or model.dex_fc_width < 1:
+        raise ConfigError("model.id_embedding_size and model.dex_fc_width must be >= 1")
+    if model.generator_channels is not None:
+        needed = {2**i for i in range(2, int(math.log2(model.output_size)) + 1)}
+        keys = set(model.generator_channels)
+        if any(isinstance(k, bool) or not isinstance(k, int) for k in keys) or keys != needed or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in model.generator_channels.values()):
+            raise ConfigError(
+                f"invalid value {model.generator_channels!r} for model.generator_channels: expected integer widths for "
+                f"exactly the resolutions {sorted(needed)}, e.g. -o 'model.generator_channels={{4: 32, 8: 32}}'"
+            )
+    # SAM's losses crop rows 35..222 and columns 32..219 of 256x256 images, so both sizes are fixed.
+    for key, value in (("model.pool_size", model.pool_size), ("data.resolution", data.resolution)):
+        if value != 256:
+            raise ConfigError(f"invalid value {value!r} for {key}: SAM's losses need 256x256 images; set it to 256")
 
 
 def load_config(path: Optional[str], overrides: tuple[str, ...] | list[str] = ()) -> Config:

@@ -62,3 +62,37 @@ def test_resume_none_and_bad_path(tmp_path):
     assert ckpt.resolve_resume("none", tmp_path) is None
     with pytest.raises(ckpt.CheckpointError, match="no such checkpoint"):
         ckpt.resolve_resume(str(tmp_path / "nowhere"), tmp_path)
+
+
+def test_damaged_newest_falls_back_to_intact(tmp_path):
+    save(tmp_path, 2)
+    newest = save(tmp_path, 4)
+    tensors = newest / "model.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-20] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+    assert ckpt.resolve_resume("auto", tmp_path).name == "step_2"
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors"):
+        ckpt.load_checkpoint(newest)
+
+
+def test_truncated_json_is_detected(tmp_path):
+    folder = save(tmp_path, 2)
+    optimizer_json = folder / "optimizer.json"
+    optimizer_json.write_text(optimizer_json.read_text()[:10])
+    with pytest.raises(ckpt.CheckpointError, match="optimizer.json"):
+        ckpt.load_checkpoint(folder)
+
+
+def test_restart_sets_newer_checkpoints_aside(tmp_path):
+    save(tmp_path, 2)
+    save(tmp_path, 4)
+    archive = ckpt.set_aside_newer_checkpoints(tmp_path, start_step=2)
+    assert (archive / "step_4" / ckpt.COMPLETE_MARKER).is_file()
+    save(tmp_path, 3, keep=1)
+    assert [s for s, _ in ckpt.list_complete_checkpoints(tmp_path)] == [3]
+
+
+def test_saved_files_are_readable_by_group(tmp_path):
+    folder = save(tmp_path, 2)
+    assert all(path.stat().st_mode & 0o044 == 0o044 for path in folder.iterdir())

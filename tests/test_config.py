@@ -95,3 +95,30 @@ def test_train_cli_rejects_unknown_key_before_any_work(tmp_path):
     assert result.returncode == 2
     assert "train.max_stepz" in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("override,named", [
+    ("train.seed=-1", "train.seed"),
+    ("model.style_dim=0", "model.style_dim"),
+    ("model.encoder_num_layers=51", "model.encoder_num_layers"),
+    ("model.pool_size=128", "model.pool_size"),
+    ("model.id_net_widths=[1]", "model.id_net_widths"),
+    ("model.generator_channels={4: 32}", "model.generator_channels"),
+    ("model.generator_channels.32=8", "model.generator_channels"),
+    ("train.learning_rate=.inf", "train.learning_rate"),
+    ("loss.l2_lambda=-1", "loss.l2_lambda"),
+    ("loss.id_lambda=.nan", "loss.id_lambda"),
+    ("eval.num_grid_images=-5", "eval.num_grid_images"),
+    ("amp.init_loss_scaling=-1", "amp.init_loss_scaling"),
+    ("model.encoder_widths=[a,b,c,d]", "model.encoder_widths"),
+    ("output_dir=''", "output_dir"),
+    ("eval.ages=[0,0,100]", "eval.ages"),
+])
+def test_unbuildable_value_rejected_before_work(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(TINY, [override])
+
+
+def test_exponent_without_dot_is_a_number():
+    cfg = load_config(TINY, ["train.learning_rate=1e-4"])
+    assert cfg.train.learning_rate == 1e-4

@@ -82,12 +82,19 @@ def read_shard_index(folder: str | Path, resolution: int | None = None) -> list[
             f"shards in {folder} have resolution {index.get('resolution')} but data.resolution is {resolution}; "
             "rebuild the shards with --resolution or change data.resolution"
         )
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+        raise ShardIndexError(f"invalid index.json in {folder}: expected an object with a 'shards' list; rebuild the shards")
     shards = []
-    for entry in index.get("shards", []):
-        path = folder / entry["name"]
+    for entry in index["shards"]:
+        name, count = (entry.get("name"), entry.get("samples")) if isinstance(entry, dict) else (None, None)
+        if (not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..")
+                or isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            raise ShardIndexError(f"invalid shard entry {entry!r} in {folder}/index.json: expected a file name and a "
+                                  "sample count; rebuild the shards")
+        path = folder / name
         if not path.is_file():
             raise ShardIndexError(f"shard {path} is listed in index.json but missing; rebuild or restore it")
-        shards.append(ShardInfo(path=path, num_samples=int(entry["samples"])))
+        shards.append(ShardInfo(path=path, num_samples=count))
     if not shards or sum(s.num_samples for s in shards) == 0:
         raise ShardIndexError(f"shard folder {folder} holds no samples; check the --input of shards/build.py")
     return shards
@@ -196,22 +203,29 @@ class ShardStream(paddle.io.IterableDataset):
     """
 
     def __init__(self, shard_dir: str | Path, *, resolution: int, rank: int, world_size: int, seed: int,
-                 batch_size: int, shuffle_buffer: int = 1000, flip_prob: float = 0.5,
-                 skip_batches: int = 0, on_error: str = "raise"):
+                 batch_size: int, num_workers: int = 0, shuffle_buffer: int = 1000, flip_prob: float = 0.5,
+                 first_epoch: int = 0, skip_batches: int = 0, on_error: str = "raise",
+                 error_dir: str | Path | None = None):
         super().__init__()
         self.shards = read_shard_index(shard_dir, resolution)
         total = sum(s.num_samples for s in self.shards)
-        if total < world_size:
+        readers = world_size * max(num_workers, 1)
+        if total // readers < 1:
             raise ShardIndexError(
-                f"shard folder {shard_dir} holds {total} samples, fewer than the {world_size} ranks; add images"
+                f"shard folder {shard_dir} holds {total} samples, too few for {world_size} rank(s) x "
+                f"{max(num_workers, 1)} loader worker(s); lower data.num_workers or add images"
             )
         self.resolution = resolution
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.batch_size = batch_size
         self.shuffle_buffer = shuffle_buffer
         self.flip_prob = flip_prob
+        self.first_epoch = first_epoch
         self.skip_batches = skip_batches
         self.on_error = on_error
+        self.error_dir = Path(error_dir) if error_dir is not None else None
+        if self.error_dir is not None:
+            (self.error_dir / f"rank{rank}.txt").unlink(missing_ok=True)  # left by an earlier run
 
     def _worker(self) -> tuple[int, int]:
         info = paddle.io.get_worker_info()
@@ -243,8 +257,23 @@ class ShardStream(paddle.io.IterableDataset):
             )
         skip = self._skip_samples(worker_id, num_workers)
         # Whole epochs are skipped by arithmetic; the rest by reading without decoding.
-        first_epoch, skip = divmod(skip, per_epoch)
+        epochs_done, skip = divmod(skip, per_epoch)
         errors = [0]
+        try:
+            yield from self._samples_from(self.first_epoch + epochs_done, skip, worker_id, num_workers, errors)
+        except ShardReadError as exc:
+            self._record_error(exc)
+            raise
+
+    def _record_error(self, exc: Exception) -> None:
+        """Write the error where the main process finds it; Paddle's loader passes on only that a worker failed."""
+        if self.error_dir is None:
+            return
+        self.error_dir.mkdir(parents=True, exist_ok=True)
+        (self.error_dir / f"rank{self.rank}.txt").write_text(str(exc))
+
+    def _samples_from(self, first_epoch: int, skip: int, worker_id: int, num_workers: int,
+                      errors: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for epoch in itertools.count(first_epoch):
             rng = random.Random(_seed_for("shuffle", self.seed, epoch, self.rank, worker_id))
             raw = self._epoch_samples(epoch, worker_id, num_workers, errors)
@@ -271,15 +300,29 @@ class ShardStream(paddle.io.IterableDataset):
                 )
 
 
+def read_data_error(error_dir: str | Path, rank: int) -> str | None:
+    """Return the data error a loader worker of `rank` recorded, or None."""
+    path = Path(error_dir) / f"rank{rank}.txt"
+    return path.read_text() if path.is_file() else None
+
+
 def first_images(shard_dir: str | Path, count: int, resolution: int) -> np.ndarray:
-    """Return the first `count` images of the first shard, unflipped, as [count, 3, H, W] float32."""
-    shards = read_shard_index(shard_dir, resolution)
+    """Return the first `count` readable images of the shards, unflipped, as [n, 3, H, W] float32.
+
+    Corrupt shards and samples are passed over with a warning, so n may be below `count`, or 0.
+    """
     images = []
-    for shard in shards:
-        for sample in read_range(SampleRange(shard, 0, shard.num_samples)):
-            images.append(decode_image(sample, resolution, flip=False))
-            if len(images) == count:
-                return np.stack(images)
+    for shard in read_shard_index(shard_dir, resolution):
+        try:
+            for sample in read_range(SampleRange(shard, 0, shard.num_samples)):
+                images.append(decode_image(sample, resolution, flip=False))
+                if len(images) == count:
+                    return np.stack(images)
+        except ShardReadError as exc:
+            log.warning("the VisualDL image grid passes over a corrupt shard: %s", exc)
+    if not images:
+        log.warning("no readable image in %s for the VisualDL image grid; the grid is left out", shard_dir)
+        return np.zeros([0, 3, resolution, resolution], dtype=np.float32)
     return np.stack(images)
 
 

@@ -8,7 +8,8 @@ Layout: `<output_dir>/checkpoints/step_<N>/` holding
   scaler.json         AMP loss-scaler state (absent when no scaler runs)
   trainer_state.json  step, images seen, data position, random states, best metric
   config.yaml         the resolved config of the run
-  COMPLETE            written last; a folder without it is never loaded
+  COMPLETE            written last, with the sha256 of every other file; a folder without it, or
+                      whose files no longer match it, is never loaded
 
 Rank 0 writes everything under `.step_<N>.tmp/` and renames the folder once COMPLETE is in it.
 Tensors go to safetensors files and everything else to JSON, so loading a checkpoint never
@@ -17,11 +18,13 @@ unpickles anything and cannot run code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,47 @@ def _write_json(path: Path, data: Any) -> None:
         os.fsync(f.fileno())
 
 
+def _file_digests(folder: Path) -> dict:
+    """Return {file name: sha256} of every file in a checkpoint folder except the marker."""
+    digests = {}
+    for path in sorted(folder.iterdir()):
+        if path.name == COMPLETE_MARKER or not path.is_file():
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digests[path.name] = digest.hexdigest()
+    return digests
+
+
+def _fsync_files(folder: Path) -> None:
+    """Flush every file of `folder` to disk and make it readable by the group, as a saved file would be."""
+    for path in folder.iterdir():
+        os.chmod(path, 0o644)  # safetensors creates its files with mode 0600
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Raise CheckpointError unless the folder is complete and every file matches its recorded sha256."""
+    marker = Path(folder) / COMPLETE_MARKER
+    if not marker.is_file():
+        raise CheckpointError(f"checkpoint {folder} is incomplete (no {COMPLETE_MARKER}); it cannot be loaded")
+    try:
+        recorded = json.loads(marker.read_text())["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {folder}: its {COMPLETE_MARKER} marker is damaged or lacks the file "
+                              f"checksums ({type(exc).__name__}: {exc}); resume from another checkpoint") from exc
+    actual = _file_digests(Path(folder))
+    damaged = sorted(name for name in set(recorded) | set(actual) if recorded.get(name) != actual.get(name))
+    if damaged:
+        raise CheckpointError(
+            f"checkpoint {folder} is damaged: {', '.join(damaged)} changed, went missing or appeared after it was "
+            "saved; resume from an earlier checkpoint"
+        )
+
+
 def save_checkpoint(output_dir: str | Path, step: int, *, model_state: dict, optimizer_state: dict,
                     scaler_state: dict | None, trainer_state: dict, config: dict, keep: int) -> Path:
     """Write checkpoint `step_<step>` atomically, then delete all but the newest `keep` complete ones."""
@@ -107,7 +151,8 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model_state: dict, opt
         _write_json(paths.scaler, scaler_state)
     _write_json(paths.trainer_state, trainer_state)
     paths.config.write_text(yaml.safe_dump(config, sort_keys=False))
-    _write_json(paths.marker, {"step": step})
+    _fsync_files(staging)
+    _write_json(paths.marker, {"step": step, "sha256": _file_digests(staging)})
     _fsync_dir(staging)
     if final.exists():
         # A checkpoint of the same step from an earlier attempt: replace it as a whole.
@@ -159,13 +204,41 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def newest_intact_checkpoint(output_dir: str | Path) -> Path | None:
+    """Return the newest complete checkpoint whose files match their sha256, warning about damaged ones."""
+    for _, folder in reversed(list_complete_checkpoints(output_dir)):
+        try:
+            verify_checkpoint(folder)
+            return folder
+        except CheckpointError as exc:
+            log.warning("skipping a damaged checkpoint: %s", exc)
+    return None
+
+
+def set_aside_newer_checkpoints(output_dir: str | Path, start_step: int) -> Path | None:
+    """Move checkpoints past `start_step` into checkpoints/superseded/, so pruning never deletes them.
+
+    A run that starts over (--resume none) or from an older checkpoint begins a new line of
+    steps; the checkpoints of the abandoned line are kept, not silently replaced or pruned.
+    """
+    newer = [folder for step, folder in list_complete_checkpoints(output_dir) if step > start_step]
+    if not newer:
+        return None
+    archive = checkpoint_root(output_dir) / "superseded" / f"from_step_{start_step}_{time.strftime('%Y%m%d-%H%M%S')}"
+    archive.mkdir(parents=True)
+    for folder in newer:
+        os.rename(folder, archive / folder.name)
+    log.warning("this run starts at step %d, so %d newer checkpoint(s) of an earlier run moved to %s",
+                start_step, len(newer), archive)
+    return archive
+
+
 def resolve_resume(resume: str, output_dir: str | Path, option: str = "--resume") -> Path | None:
     """Return the checkpoint folder to resume from: `auto`, `none` or a path. `option` names the flag in errors."""
     if resume == "none":
         return None
     if resume == "auto":
-        complete = list_complete_checkpoints(output_dir)
-        return complete[-1][1] if complete else None
+        return newest_intact_checkpoint(output_dir)
     folder = Path(resume)
     if not folder.is_dir():
         raise CheckpointError(f"{option} {resume}: no such checkpoint folder or file; pass a step_<N> folder "
@@ -181,8 +254,7 @@ def resolve_resume(resume: str, output_dir: str | Path, option: str = "--resume"
 def load_checkpoint(folder: Path) -> dict:
     """Read a complete checkpoint folder into a dict of its parts."""
     paths = CheckpointPaths(Path(folder))
-    if not paths.marker.is_file():
-        raise CheckpointError(f"checkpoint {folder} is incomplete (no {COMPLETE_MARKER}); it cannot be loaded")
+    verify_checkpoint(paths.folder)
     return {
         "model": load_tree(paths.model),
         "optimizer": load_tree(paths.optimizer),

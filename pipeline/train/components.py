@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import paddle
 
-from pipeline.checkpoint.pretrained import load_weights, read_weights
+from pipeline.checkpoint.pretrained import WeightsMismatchError, load_weights, read_weights
 from pipeline.config import Config
+from pipeline.train.checkpoint import CheckpointError
 from pipeline.losses.aging import AgingLoss
 from pipeline.losses.identity import IDLoss
 from pipeline.models.dex_vgg import DexVGG
@@ -48,7 +49,7 @@ def build_sam(cfg: Config) -> SAM:
         extras = load_file_into(sam.decoder, weights.stylegan, "stylegan", "weights.stylegan")
         latent_avg = extras.get("latent_avg")
         if latent_avg is None:
-            raise ValueError(f"weights.stylegan file {weights.stylegan} contains no latent_avg; convert the official "
+            raise WeightsMismatchError(f"weights.stylegan file {weights.stylegan} contains no latent_avg; convert the official "
                              "stylegan2-ffhq-config-f.pt with checkpoints/convert.py")
         sam.latent_avg.set_value(np.tile(np.asarray(latent_avg, dtype="float32").reshape(1, -1), [sam.n_styles, 1]))
     else:
@@ -121,14 +122,14 @@ def load_model_state(sam: SAM, state: dict, source: str) -> None:
     unexpected = sorted(set(state) - set(own))
     missing = sorted(k for k in own if k.startswith("encoder.") and k not in state)
     if unexpected or missing:
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {source} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
             f" ({len(missing)} missing, {len(unexpected)} unexpected); check model.* against its config.yaml"
         )
     for key, value in state.items():
         target = own[key]
         if list(target.shape) != list(value.shape):
-            raise ValueError(f"checkpoint {source}: {key} has shape {list(value.shape)}, "
+            raise CheckpointError(f"checkpoint {source}: {key} has shape {list(value.shape)}, "
                              f"the model expects {list(target.shape)}; check model.* against its config.yaml")
         target.set_value(paddle.to_tensor(value, dtype=target.dtype))
 

@@ -54,15 +54,33 @@ def image_grid(rows: list[list[np.ndarray]]) -> np.ndarray:
 STATUS_TERMS = ("l2", "lpips", "id", "aging", "w_norm")
 
 
+def _record_step(line: str) -> int | None:
+    """Return the step of a stats.jsonl line, or None for a line cut short by a crash."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return None
+
+
 def drop_records_after(stats_path: Path, step: int) -> None:
-    """Remove stats.jsonl records past `step`, so steps redone after a resume are not logged twice."""
+    """Move stats.jsonl records past `step` (and cut-short lines) to stats.superseded.jsonl.
+
+    Steps redone after a resume are then logged once, and nothing an earlier run logged is lost.
+    """
     if not stats_path.is_file():
         return
-    lines = stats_path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-    if len(kept) == len(lines):
+    lines = [line if line.endswith("\n") else line + "\n" for line in stats_path.read_text().splitlines(keepends=True)
+             if line.strip()]
+    kept, moved = [], []
+    for line in lines:
+        record_step = _record_step(line)
+        (kept if record_step is not None and record_step <= step else moved).append(line)
+    if not moved:
         return
-    log.info("dropping %d stats.jsonl record(s) past step %d, the step this run starts from", len(lines) - len(kept), step)
+    log.info("moving %d stats.jsonl record(s) past step %d, the step this run starts from, to "
+             "stats.superseded.jsonl", len(moved), step)
+    with open(stats_path.with_name("stats.superseded.jsonl"), "a") as f:
+        f.writelines(moved)
     staging = stats_path.with_suffix(".jsonl.tmp")
     staging.write_text("".join(kept))
     os.replace(staging, stats_path)
@@ -85,6 +103,8 @@ class RunLogger:
 
         # VisualDL names its file by the second it was created, so two writers created in the same
         # second would share it. The name carries the process id too.
+        # NOTE: VisualDL cannot drop records, so steps redone after a resume appear twice there;
+        # stats.jsonl holds each step once.
         file_name = f"vdlrecords.{int(time.time())}.{os.getpid()}.log"
         self.writer = LogWriter(logdir=str(out / "vdl"), file_name=file_name)
 

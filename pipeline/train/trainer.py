@@ -12,13 +12,13 @@ import numpy as np
 import paddle
 
 from pipeline.config import Config, config_to_dict
-from pipeline.data.stream import ShardStream, first_images
+from pipeline.data.stream import ShardStream, first_images, read_data_error, read_shard_index
 from pipeline.losses.objective import SamObjective
 from pipeline.models.sam import add_age_channel
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.amp import AmpContext
 from pipeline.train.components import Components, build_components, build_optimizer
-from pipeline.train.distributed import (DistInfo, all_reduce_sum, grad_sync, unwrap_optimizer, wrap_model,
+from pipeline.train.distributed import (DistInfo, all_reduce_sum, barrier, grad_sync, unwrap_optimizer, wrap_model,
                                         wrap_optimizer)
 from pipeline.train.run_log import RunLogger, image_grid, peak_memory_gib
 
@@ -35,7 +35,8 @@ class TrainerState:
 
     step: int = 0
     images_seen: int = 0
-    batches_seen: int = 0  # per rank; the data stream's position
+    batches_seen: int = 0  # per rank, since the data stream started at epoch data_first_epoch
+    data_first_epoch: int = 0
     best_metric: float | None = None
     best_step: int | None = None
     data_errors: int = 0
@@ -72,6 +73,16 @@ def draw_target_ages(input_age: paddle.Tensor, rng: np.random.Generator, keep_pr
     return paddle.to_tensor(ages), False
 
 
+def data_order(cfg: Config) -> dict:
+    """Return the settings that fix which sample each batch holds; a resume keeps its position only if equal."""
+    return {
+        "data.train_shards": str(Path(cfg.data.train_shards).resolve()),
+        "data.num_workers": cfg.data.num_workers,
+        "data.shuffle_buffer": cfg.data.shuffle_buffer,
+        "train.seed": cfg.train.seed,
+    }
+
+
 class Trainer:
     def __init__(self, cfg: Config, dist_info: DistInfo, resume: str = "auto"):
         self.cfg = cfg
@@ -88,16 +99,22 @@ class Trainer:
         self.optimizer = wrap_optimizer(build_optimizer(cfg, self.sam), dist_info)
         self.objective = SamObjective(cfg.loss, self.parts.id_loss, self.parts.lpips, self.parts.aging)
 
-        # Resume from the newest complete checkpoint, or the one named.
+        # Resume from the newest intact checkpoint, or the one named; newer checkpoints of an
+        # abandoned run are set aside so that pruning never deletes what this run writes.
         self.resumed_from = ckpt.resolve_resume(resume, self.output_dir)
         if self.resumed_from is not None:
             self._load(self.resumed_from)
+        barrier(dist_info)
+        if dist_info.is_main:
+            ckpt.set_aside_newer_checkpoints(self.output_dir, self.state.step)
+        barrier(dist_info)
 
         self.stream = ShardStream(
             cfg.data.train_shards, resolution=cfg.data.resolution, rank=dist_info.rank,
             world_size=dist_info.world_size, seed=cfg.train.seed, batch_size=cfg.train.batch_size,
-            shuffle_buffer=cfg.data.shuffle_buffer, flip_prob=cfg.data.flip_prob,
-            skip_batches=self.state.batches_seen, on_error=cfg.data.on_error,
+            num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, flip_prob=cfg.data.flip_prob,
+            first_epoch=self.state.data_first_epoch, skip_batches=self.state.batches_seen,
+            on_error=cfg.data.on_error, error_dir=self.output_dir / "data_errors",
         )
         self.loader = paddle.io.DataLoader(
             self.stream, batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers, drop_last=True
@@ -126,6 +143,7 @@ class Trainer:
             **self.state.__dict__,
             "world_size": self.dist.world_size,
             "batch_size": self.cfg.train.batch_size,
+            "data_order": data_order(self.cfg),
             # Every random draw of a step (target ages, generator noise) is seeded from
             # (train.seed, rank, step), so the step number restores the random state exactly.
             "random_state": {"scheme": "reseeded every step from (train.seed, rank, step)",
@@ -161,11 +179,30 @@ class Trainer:
                 "start a new output_dir"
             )
         self.parts.load_model_state(data["model"], source=str(folder))
-        unwrap_optimizer(self.optimizer).set_state_dict(data["optimizer"])
+        optimizer = unwrap_optimizer(self.optimizer)
+        optimizer.set_state_dict(data["optimizer"])
+        if optimizer.get_lr() != self.cfg.train.learning_rate:
+            log.info("learning rate changes from %g (checkpoint) to %g (train.learning_rate)",
+                     optimizer.get_lr(), self.cfg.train.learning_rate)
+            optimizer.set_lr(self.cfg.train.learning_rate)
         self.amp.load_state_dict(data["scaler"])
-        for key in TrainerState().__dict__:
-            setattr(self.state, key, saved[key])
+        for key, default in TrainerState().__dict__.items():
+            setattr(self.state, key, saved.get(key, default))
+        self._continue_data_order(saved.get("data_order"))
         log.info("resumed from %s at step %d (%d images seen)", folder, self.state.step, self.state.images_seen)
+
+    def _continue_data_order(self, saved_order: dict | None) -> None:
+        """Keep the exact data position, or restart at the next epoch if the data order changed."""
+        current = data_order(self.cfg)
+        if saved_order == current:
+            return
+        changed = sorted(k for k in current if (saved_order or {}).get(k) != current[k])
+        samples_per_epoch = sum(s.num_samples for s in read_shard_index(self.cfg.data.train_shards)) // self.dist.world_size
+        epochs_done = self.state.data_first_epoch + self.state.batches_seen * self.cfg.train.batch_size // samples_per_epoch
+        log.warning("the data order changed since the checkpoint (%s), so the exact position is lost; the stream "
+                    "restarts at the start of epoch %d", ", ".join(changed), epochs_done + 1)
+        self.state.data_first_epoch = epochs_done + 1
+        self.state.batches_seen = 0
 
     # ------------------------------------------------------------------------------------------
     # One optimizer step.
@@ -181,7 +218,9 @@ class Trainer:
         failed_ranks = all_reduce_sum([1.0 if failure else 0.0], self.dist)[0]
         if failed_ranks:
             if failure is not None:
-                raise TrainingError(f"rank {self.dist.rank} failed to read training data: {failure}") from failure
+                # With loader workers, Paddle reports only that a worker failed; the worker wrote the reason.
+                reason = read_data_error(self.output_dir / "data_errors", self.dist.rank) or str(failure)
+                raise TrainingError(f"rank {self.dist.rank} failed to read training data: {reason}") from failure
             raise TrainingError(
                 f"rank {self.dist.rank} stops because {int(failed_ranks)} other rank(s) failed to read training "
                 "data; their log names the shard"
@@ -351,8 +390,9 @@ class Trainer:
                 stats = StepStats()
             if self.state.step % cfg.train.image_interval == 0:
                 if grid_images is None:
-                    grid_images = paddle.to_tensor(first_images(cfg.data.train_shards, 4, cfg.data.resolution))
-                self._log_images(grid_images)
+                    grid_images = first_images(cfg.data.train_shards, 4, cfg.data.resolution)
+                if len(grid_images):
+                    self._log_images(paddle.to_tensor(grid_images))
             improved = False
             if self.validator is not None and self.state.step % cfg.train.val_interval == 0:
                 improved = self._validate()
