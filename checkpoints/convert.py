@@ -7,8 +7,9 @@ SRC is a checkpoint file (torch .pt/.pth in zip or legacy format, pickled .npy, 
 .pdparams) or a directory of them. Several SRC are combined when they form one checkpoint:
 torchvision's AlexNet plus PerceptualSimilarity's alex.pth make `lpips`, and pnet.npy,
 rnet.npy and onet.npy (or their directory) make `mtcnn`. The kind is detected from the keys;
---kind overrides it. Exits with status 1 and a message naming the file and the keys it could
-not map when conversion fails.
+--kind overrides it. Exits with status 1 and a message naming the file and what is wrong
+with it (unreadable, corrupt, unsafe, keys it could not map, or an output path it cannot
+write) when conversion fails; DST is then left unwritten.
 """
 
 import argparse
@@ -42,7 +43,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         conversion = convert_files(args.sources, args.destination, forced_kind=args.kind)
-    except (ConversionError, CheckpointFormatError, FileNotFoundError) as error:
+    except (ConversionError, CheckpointFormatError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(summarize(conversion, args.destination))

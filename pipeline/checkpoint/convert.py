@@ -184,17 +184,27 @@ def _load_any(path):
     return file_format, torch_format.load_paddle_file(path)
 
 
-def _flatten_tensors(obj, prefix=""):
-    """Flatten nested dicts of arrays into {'a.b.c': array}, raising on any leaf that is not an array."""
+def _flatten_tensors(obj, prefix="", seen_dicts=None):
+    """Flatten nested dicts of arrays into {'a.b.c': array}, raising on any leaf that is not an array.
+
+    A dict reached twice is rejected: no state dict shares sub-dicts, and a file that nests
+    shared dicts could otherwise expand into exponentially many keys.
+    """
+    seen_dicts = set() if seen_dicts is None else seen_dicts
+    if id(obj) in seen_dicts:
+        raise ConversionError(f"entry {prefix[:-1]!r} repeats a dict found elsewhere in the file")
+    seen_dicts.add(id(obj))
     flat = {}
     for key, value in obj.items():
+        if not isinstance(key, str):
+            raise ConversionError(f"key {key!r} under {prefix[:-1] or 'the top level'!r} is not a string")
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten_tensors(value, name + "."))
+            flat.update(_flatten_tensors(value, name + ".", seen_dicts))
         elif isinstance(value, np.ndarray):
             flat[name] = value
         else:
-            raise ConversionError(f"entry {name!r} is a {type(value).__name__}, expected an array")
+            raise ConversionError(f"entry {name!r} has type {type(value).__name__}, expected an array")
     return flat
 
 
@@ -212,13 +222,20 @@ def _split_top_level(path, obj):
             top_level = {key: value for key, value in obj.items() if key != container}
             top_level["_container"] = container
             return obj[container], top_level
-    # No container: sub-network dicts and arrays are state, except the known extras.
+    # No container: every entry but the known extras is state, so it must be an array or a dict.
     tensors, top_level = {}, {}
     for key, value in obj.items():
         if key in _PADDLE_TABLES:
             continue
-        is_state = isinstance(value, (dict, np.ndarray)) and key not in _TOP_LEVEL_EXTRAS
-        (tensors if is_state else top_level)[key] = value
+        if key in _TOP_LEVEL_EXTRAS:
+            top_level[key] = value
+        elif isinstance(value, (dict, np.ndarray)):
+            tensors[key] = value
+        else:
+            raise ConversionError(
+                f"{path}: entry {key!r} has type {type(value).__name__}, expected an array "
+                f"(top-level entries other than {', '.join(_TOP_LEVEL_EXTRAS)} are tensors)"
+            )
     return tensors, top_level
 
 
@@ -384,7 +401,11 @@ def _map_source_tensors(source, kind, prefix, conversion):
 
 
 def _convert_value(source, kind, key, value, conversion):
-    """Transpose or cast one tensor into our layout."""
+    """Transpose or cast one tensor into our layout; only bool, integer and float tensors are accepted."""
+    if value.dtype.kind not in "biuf":
+        raise ConversionError(
+            f"{source.path}: {key} has dtype {value.dtype}; the networks only have bool, integer and float tensors"
+        )
     transpose = (source.layout == "torch" and kind.is_linear_weight(key)) or (
         source.layout == "paddle_port" and re.fullmatch(_EQUAL_LINEAR, key)
     )
@@ -423,6 +444,8 @@ def _take_top_level(source, kind, conversion):
         if key == "_container":
             continue
         if key == "latent_avg" and isinstance(value, np.ndarray):
+            if value.dtype.kind != "f":
+                raise ConversionError(f"{source.path}: latent_avg has dtype {value.dtype}, expected a float array")
             conversion.tensors["latent_avg"] = _c_contiguous(value.astype(np.float32))
             if "latent_avg" in kind.extra_keys:
                 conversion.extras["latent_avg"] = list(value.shape)
@@ -526,18 +549,37 @@ def build_metadata(conversion):
     return metadata
 
 
+def check_destination(destination):
+    """Raise ConversionError when `destination` cannot become a file: it is a folder, or a parent is a file."""
+    destination = Path(destination)
+    if destination.is_dir():
+        raise ConversionError(f"output path {destination} is a directory; give a file path ending in .safetensors")
+    for parent in destination.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConversionError(f"cannot write {destination}: {parent} is a file, not a directory")
+            break
+
+
 def write_safetensors(conversion, destination):
-    """Write the converted tensors atomically: a partial file never takes the destination name."""
+    """Write the converted tensors atomically: a partial file never takes the destination name.
+
+    Raises ConversionError naming the destination when it cannot be written.
+    """
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    check_destination(destination)
     partial = destination.with_name(destination.name + ".partial")
     try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
         save_file(conversion.tensors, str(partial), metadata=build_metadata(conversion))
         os.replace(partial, destination)
+    except (OSError, SafetensorError) as error:
+        raise ConversionError(f"cannot write {destination}: {error}") from error
     finally:
-        if partial.exists():
+        if partial.is_file():
             partial.unlink()
 
 
@@ -559,6 +601,7 @@ def expand_source_paths(paths):
 
 def convert_files(source_paths, destination, forced_kind=None):
     """Read, convert and write; return the Conversion for the summary."""
+    check_destination(destination)
     sources = [read_source(path) for path in expand_source_paths(source_paths)]
     conversion = convert_sources(sources, forced_kind)
     write_safetensors(conversion, destination)

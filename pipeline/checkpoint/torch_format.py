@@ -1,10 +1,17 @@
 """Read PyTorch, Paddle and pickled-NumPy checkpoint files without torch and without running their code.
 
 All three formats are pickles. A pickle may name any importable callable, and a plain
-`pickle.load` would import and call it. So every reader here uses a restricted unpickler whose
-`find_class` resolves only an explicit allow-list of names (tensor rebuild functions, storage
-types, NumPy array reconstruction and plain containers) to builders defined in this module.
-Any other name raises `UnsafeCheckpointError` before anything is imported.
+`pickle.load` would import and call it. So every reader here uses a restricted unpickler:
+- `find_class` resolves only an explicit allow-list of names (tensor rebuild functions, storage
+  types, NumPy array reconstruction and plain containers) to wrappers defined in this module.
+  Any other name raises `UnsafeCheckpointError` before anything is imported.
+- BUILD (which would call `__setstate__` or set attributes) applies only to this module's
+  dtype and array records and to OrderedDict, whose attributes are dropped.
+- NumPy arrays are rebuilt from their raw bytes, only for numeric and bool dtypes, after the
+  byte count is checked against the shape. Structured and object dtypes are rejected, except
+  the 0-d object array that wraps a pickled object in a `.npy` file.
+- Every length field is checked against the bytes left in the file before anything is
+  allocated, so a small file cannot make the reader allocate much more memory than its size.
 
 Public entry points:
 - `load_torch_file(path)`: a `torch.save` file (zip or legacy format). Tensors become NumPy arrays.
@@ -14,10 +21,12 @@ Public entry points:
 
 import _compat_pickle
 import collections
+import math
 import os
 import pickle
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -26,6 +35,17 @@ LEGACY_PROTOCOL_VERSION = 1001
 _ZIP_SIGNATURE = b"PK\x03\x04"
 _PICKLE_PROTO_OPCODE = b"\x80"
 _NPY_MAGIC = b"\x93NUMPY"
+
+# Limits on what a file may declare. Real checkpoints stay far below them.
+_MAX_NDIM = 32
+_MAX_NUMEL = 2**48
+_MAX_NESTING_DEPTH = 100
+# A compressed zip member may expand to at most this ratio of its compressed size (plus the
+# slack below). torch.save writes members uncompressed, so only re-zipped files compress at all.
+_MAX_COMPRESSION_RATIO = 32
+_COMPRESSION_SLACK_BYTES = 1 << 20
+# dtype kinds an array may have: bool, signed and unsigned integers, floats, complex numbers.
+_NUMERIC_KINDS = "biufc"
 
 
 class CheckpointFormatError(ValueError):
@@ -46,6 +66,205 @@ class UnsafeCheckpointError(CheckpointFormatError):
         )
 
 
+def _check_shape(shape, what):
+    """Return `shape` as a tuple of ints after checking its rank and element count."""
+    if not isinstance(shape, (tuple, list)) or not all(type(n) is int and n >= 0 for n in shape):
+        raise CheckpointFormatError(f"invalid {what} {shape!r}: expected a tuple of non-negative ints")
+    if len(shape) > _MAX_NDIM:
+        raise CheckpointFormatError(f"invalid {what}: {len(shape)} dimensions, at most {_MAX_NDIM} are supported")
+    nonzero_numel = math.prod(n for n in shape if n > 0)
+    if nonzero_numel > _MAX_NUMEL:
+        raise CheckpointFormatError(f"invalid {what} {tuple(shape)}: more than {_MAX_NUMEL} elements")
+    return tuple(shape)
+
+
+def _check_numeric_dtype(dtype, what):
+    """Raise unless `dtype` is a plain bool, integer, float or complex dtype."""
+    if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise CheckpointFormatError(
+            f"{what} has dtype {dtype}, which is not supported: only bool, integer, float and complex arrays can be read"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The restricted unpickler.
+
+
+class _AllowedCallable:
+    """An allow-listed global as returned by find_class: callable, with no state a pickle can change."""
+
+    __slots__ = ("qualified_name", "_function")
+
+    def __init__(self, qualified_name, function):
+        self.qualified_name = qualified_name
+        self._function = function
+
+    def __call__(self, *args):
+        return self._function(*args)
+
+    def __repr__(self):
+        return self.qualified_name
+
+
+class _BoundedReader:
+    """A file view that raises EOFError on a read past `size_bytes`.
+
+    Pickle length fields are read through it, so a forged length cannot make the unpickler
+    request (and allocate) more bytes than the file contains.
+    """
+
+    def __init__(self, file, size_bytes):
+        self._file = file
+        self.size_bytes = size_bytes
+        self.remaining_bytes = size_bytes
+
+    def read(self, num_bytes=-1):
+        if num_bytes is None or num_bytes < 0:
+            num_bytes = self.remaining_bytes
+        if num_bytes > self.remaining_bytes:
+            raise EOFError(f"a record needs {num_bytes} bytes, only {self.remaining_bytes} remain")
+        data = self._file.read(num_bytes)
+        self.remaining_bytes -= len(data)
+        return data
+
+    def readline(self):
+        line = self._file.readline(self.remaining_bytes)
+        self.remaining_bytes -= len(line)
+        return line
+
+
+def _reject_opcode(name):
+    def load(unpickler):
+        raise CheckpointFormatError(f"invalid pickle: opcode {name} is not used by torch, Paddle or NumPy files")
+
+    return load
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler with an allow-list for globals, checked BUILD and checked lengths.
+
+    The pure-Python class is used because its opcode table can be overridden: BUILD, BYTEARRAY8
+    and the opcodes no supported writer emits are replaced below.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, path, allowed_globals, persistent_load=None, encoding="utf-8"):
+        super().__init__(file, encoding=encoding)
+        self._reader = file
+        self._path = path
+        self._allowed_globals = allowed_globals
+        self._persistent_load = persistent_load
+
+    def find_class(self, module, name):
+        # Protocol 2 pickles use Python 2 names (__builtin__.set); map them as pickle's own find_class
+        # does. The mapped name must still be on the allow-list.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        try:
+            return self._allowed_globals[(module, name)]
+        except KeyError:
+            raise UnsafeCheckpointError(self._path, module, name) from None
+
+    def persistent_load(self, pid):
+        if self._persistent_load is None:
+            raise CheckpointFormatError(f"unexpected persistent id {pid!r} in this pickle")
+        return self._persistent_load(pid)
+
+    def _load_build(self):
+        state = self.stack.pop()
+        target = self.stack[-1]
+        if isinstance(target, (_DtypeRecord, _ArrayRecord)):
+            target.apply_state(state)
+        elif type(target) is collections.OrderedDict and isinstance(state, dict):
+            pass  # instance attributes such as torch's state_dict._metadata; only the items are kept
+        else:
+            raise CheckpointFormatError(
+                f"invalid pickle: BUILD (set object state) on a {type(target).__name__} is not allowed"
+            )
+
+    def _load_bytearray8(self):
+        # The stock handler allocates the bytearray before reading it. The bytes may sit in a frame
+        # that was already read, so the bound is the whole pickle's size.
+        (num_bytes,) = struct.unpack("<Q", self.read(8))
+        if num_bytes > self._reader.size_bytes:
+            raise EOFError(f"a bytearray needs {num_bytes} bytes, the pickle has {self._reader.size_bytes}")
+        self.append(bytearray(self.read(num_bytes)))
+
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+    for _opcode in ("INST", "OBJ", "EXT1", "EXT2", "EXT4", "NEXT_BUFFER"):
+        dispatch[getattr(pickle, _opcode)[0]] = _reject_opcode(_opcode)
+
+
+def _remaining_file_bytes(file):
+    return os.fstat(file.fileno()).st_size - file.tell()
+
+
+def _unpickle(file, path, allowed_globals, persistent_load=None, encoding="utf-8", size_bytes=None):
+    """Run the restricted unpickler and turn every failure into an error naming the file.
+
+    `size_bytes` bounds what the pickle may read; it defaults to the rest of the (real) file.
+    """
+    try:
+        if size_bytes is None:
+            size_bytes = _remaining_file_bytes(file)
+        reader = _BoundedReader(file, size_bytes)
+        return _RestrictedUnpickler(reader, path, allowed_globals, persistent_load, encoding).load()
+    except UnsafeCheckpointError:
+        raise
+    except CheckpointFormatError as error:
+        if str(path) in str(error):
+            raise
+        raise CheckpointFormatError(f"{path}: {error}") from error
+    except EOFError as error:
+        raise CheckpointFormatError(f"{path} is truncated: the pickle ends early ({error or 'EOF'})") from error
+    except MemoryError as error:
+        raise CheckpointFormatError(f"{path}: not enough memory to unpickle it ({error!r})") from error
+    except (pickle.UnpicklingError, TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError,
+            RecursionError, struct.error, zipfile.BadZipFile, zlib.error, OSError) as error:
+        raise CheckpointFormatError(f"{path} is corrupt or not a checkpoint: unpickling failed with {error!r}") from error
+
+
+# ----------------------------------------------------------------------------------------------
+# Builders for plain containers and bytes.
+
+
+def _safe_codecs_encode(text, encoding="latin1"):
+    """Rebuild a bytes object as protocol-2 pickles store it (`_codecs.encode(str, 'latin1')`)."""
+    if not isinstance(text, str) or not isinstance(encoding, str) or encoding.lower().replace("-", "") != "latin1":
+        raise CheckpointFormatError(f"invalid pickle: _codecs.encode called with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _safe_bytearray(source=b"", encoding=None):
+    """Rebuild a bytearray from pickled bytes (or a latin1 str); a length argument is rejected."""
+    if isinstance(source, str) and encoding is not None:
+        return bytearray(_safe_codecs_encode(source, encoding))
+    if isinstance(source, (bytes, bytearray)) and encoding is None:
+        return bytearray(source)
+    raise CheckpointFormatError(f"invalid pickle: bytearray() needs bytes, got {type(source).__name__} {source!r:.40}")
+
+
+def _allowed(module, name, function):
+    return (module, name), _AllowedCallable(f"{module}.{name}", function)
+
+
+_CONTAINER_GLOBALS = dict(
+    (
+        _allowed("collections", "OrderedDict", collections.OrderedDict),
+        _allowed("builtins", "dict", dict),
+        _allowed("builtins", "list", list),
+        _allowed("builtins", "tuple", tuple),
+        _allowed("builtins", "set", set),
+        _allowed("builtins", "frozenset", frozenset),
+        _allowed("builtins", "bytearray", _safe_bytearray),
+        _allowed("builtins", "complex", complex),
+        _allowed("_codecs", "encode", _safe_codecs_encode),
+    )
+)
+
+
 # ----------------------------------------------------------------------------------------------
 # Records built while unpickling a torch file. Storages are read after the pickle (the legacy
 # format stores them after it), so tensors are first recorded and then materialized.
@@ -59,9 +278,6 @@ class _StorageType:
     def __init__(self, name, file_dtype):
         self.name = name
         self.file_dtype = np.dtype(file_dtype)
-
-    def __setstate__(self, state):
-        raise CheckpointFormatError(f"invalid pickle: BUILD applied to storage type {self.name}")
 
     def __repr__(self):
         return f"torch.{self.name}"
@@ -98,8 +314,9 @@ class _StorageRef:
         self.view_offset = view_offset
         self.view_numel = view_numel
 
-    def __setstate__(self, state):
-        raise CheckpointFormatError("invalid pickle: BUILD applied to a storage")
+    @property
+    def num_bytes(self):
+        return self.numel * self.storage_type.file_dtype.itemsize
 
 
 class _TensorRecord:
@@ -113,113 +330,47 @@ class _TensorRecord:
         self.size = size
         self.stride = stride
 
-    def __setstate__(self, state):
-        raise CheckpointFormatError("invalid pickle: BUILD applied to a tensor")
-
-
-def _as_int_tuple(value, what):
-    if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) and v >= 0 for v in value):
-        raise CheckpointFormatError(f"invalid tensor {what} {value!r}: expected a tuple of non-negative ints")
-    return tuple(value)
-
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused_args):
     """Record a tensor, with the arguments of torch._utils._rebuild_tensor_v2 (and the older _rebuild_tensor)."""
     if not isinstance(storage, _StorageRef):
         raise CheckpointFormatError(f"invalid tensor: its storage is a {type(storage).__name__}, not a storage id")
-    if not isinstance(storage_offset, int) or storage_offset < 0:
+    if type(storage_offset) is not int or storage_offset < 0:
         raise CheckpointFormatError(f"invalid tensor storage offset {storage_offset!r}")
-    size = _as_int_tuple(size, "size")
-    stride = _as_int_tuple(stride, "stride")
+    size = _check_shape(size, "tensor size")
+    if not isinstance(stride, (tuple, list)) or not all(type(s) is int and s >= 0 for s in stride):
+        raise CheckpointFormatError(f"invalid tensor stride {stride!r}: expected a tuple of non-negative ints")
     if len(size) != len(stride):
-        raise CheckpointFormatError(f"invalid tensor: size {size} and stride {stride} differ in length")
-    return _TensorRecord(storage, storage_offset, size, stride)
+        raise CheckpointFormatError(f"invalid tensor: size {size} and stride {tuple(stride)} differ in length")
+    return _TensorRecord(storage, storage_offset, size, tuple(stride))
 
 
 def _rebuild_parameter(data, *unused_args):
     """Unwrap an nn.Parameter: the state we keep is its tensor."""
+    if not isinstance(data, _TensorRecord):
+        raise CheckpointFormatError(f"invalid parameter: it wraps a value of type {type(data).__name__}, not a tensor")
     return data
 
 
 def _torch_size(values=()):
-    return tuple(values)
+    return _check_shape(values, "torch.Size")
 
 
-def _safe_codecs_encode(text, encoding="latin1"):
-    """Rebuild a bytes object as protocol-2 pickles store it (`_codecs.encode(str, 'latin1')`)."""
-    if not isinstance(text, str) or encoding.lower().replace("-", "") != "latin1":
-        raise CheckpointFormatError(f"invalid pickle: _codecs.encode called with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-_CONTAINER_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "dict"): dict,
-    ("builtins", "list"): list,
-    ("builtins", "tuple"): tuple,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray,
-    ("builtins", "complex"): complex,
-    ("_codecs", "encode"): _safe_codecs_encode,
-}
-
-_TORCH_GLOBALS = {
-    **_CONTAINER_GLOBALS,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch", "Size"): _torch_size,
-    **{("torch", name): storage_type for name, storage_type in _STORAGE_TYPES.items()},
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose find_class returns only allow-listed builders."""
-
-    def __init__(self, file, path, allowed_globals, persistent_load=None, encoding="utf-8"):
-        super().__init__(file, encoding=encoding)
-        self._path = path
-        self._allowed_globals = allowed_globals
-        self._persistent_load = persistent_load
-
-    def find_class(self, module, name):
-        # Protocol 2 pickles use Python 2 names (__builtin__.set); map them as pickle's own find_class
-        # does. The mapped name must still be on the allow-list.
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        try:
-            return self._allowed_globals[(module, name)]
-        except KeyError:
-            raise UnsafeCheckpointError(self._path, module, name) from None
-
-    def persistent_load(self, pid):
-        if self._persistent_load is None:
-            raise CheckpointFormatError(f"{self._path}: unexpected persistent id {pid!r} in this pickle")
-        return self._persistent_load(pid)
-
-
-def _unpickle(file, path, allowed_globals, persistent_load=None, encoding="utf-8"):
-    """Run the restricted unpickler and turn low-level failures into errors naming the file."""
-    unpickler = _RestrictedUnpickler(file, path, allowed_globals, persistent_load, encoding)
-    try:
-        return unpickler.load()
-    except UnsafeCheckpointError:
-        raise
-    except CheckpointFormatError as error:
-        if str(path) in str(error):
-            raise
-        raise CheckpointFormatError(f"{path}: {error}") from error
-    except EOFError as error:
-        raise CheckpointFormatError(f"{path} is truncated: the pickle ends early ({error or 'EOF'})") from error
-    except (pickle.UnpicklingError, TypeError, ValueError, AttributeError, KeyError, IndexError,
-            MemoryError, RecursionError, struct.error, UnicodeDecodeError) as error:
-        raise CheckpointFormatError(f"{path} is corrupt or not a checkpoint: unpickling failed with {error!r}") from error
+_TORCH_GLOBALS = dict(
+    (
+        *_CONTAINER_GLOBALS.items(),
+        _allowed("torch._utils", "_rebuild_tensor_v2", _rebuild_tensor),
+        _allowed("torch._utils", "_rebuild_tensor", _rebuild_tensor),
+        _allowed("torch._utils", "_rebuild_parameter", _rebuild_parameter),
+        _allowed("torch._utils", "_rebuild_parameter_with_state", _rebuild_parameter),
+        _allowed("torch", "Size", _torch_size),
+        *((("torch", name), storage_type) for name, storage_type in _STORAGE_TYPES.items()),
+    )
+)
 
 
 # ----------------------------------------------------------------------------------------------
-# Materialization: storages -> NumPy arrays.
+# Materialization: records -> NumPy arrays.
 
 
 def _storage_id_parser(path, refs_by_key):
@@ -231,9 +382,14 @@ def _storage_id_parser(path, refs_by_key):
         storage_type, key, _location, numel = pid[1:5]
         if not isinstance(storage_type, _StorageType):
             raise CheckpointFormatError(f"{path}: invalid storage type {storage_type!r}")
-        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+        if not isinstance(key, str) or type(numel) is not int or not 0 <= numel <= _MAX_NUMEL:
             raise CheckpointFormatError(f"{path}: invalid storage id {pid!r}")
         root = refs_by_key.setdefault(key, _StorageRef(storage_type, key, numel))
+        if root.storage_type is not storage_type or root.numel != numel:
+            raise CheckpointFormatError(
+                f"{path}: storage {key} is declared twice, as {root.numel} x {root.storage_type} "
+                f"and as {numel} x {storage_type}"
+            )
         view = pid[5] if len(pid) == 6 else None
         if view is None:
             return root
@@ -244,7 +400,7 @@ def _storage_id_parser(path, refs_by_key):
 
 def _parse_legacy_view(path, root, view):
     """Return a storage ref for a legacy storage view (view_key, offset, numel) into a root storage."""
-    if not (isinstance(view, tuple) and len(view) == 3 and all(isinstance(v, int) for v in view[1:])):
+    if not (isinstance(view, tuple) and len(view) == 3 and all(type(v) is int for v in view[1:])):
         raise CheckpointFormatError(f"{path}: invalid storage view {view!r}")
     _view_key, offset, numel = view
     if offset < 0 or numel < 0 or offset + numel > root.numel:
@@ -255,16 +411,19 @@ def _parse_legacy_view(path, root, view):
 def _storage_array(path, raw_bytes, ref, byteorder):
     """Interpret raw storage bytes as a 1-D array of `ref.numel` elements."""
     dtype = ref.storage_type.file_dtype.newbyteorder("<" if byteorder == "little" else ">")
-    needed_bytes = ref.numel * dtype.itemsize
-    if len(raw_bytes) < needed_bytes:
+    if len(raw_bytes) < ref.num_bytes:
         raise CheckpointFormatError(
-            f"{path} is truncated: storage {ref.key} has {len(raw_bytes)} bytes, expected {needed_bytes}"
+            f"{path} is truncated: storage {ref.key} has {len(raw_bytes)} bytes, expected {ref.num_bytes}"
         )
     return np.frombuffer(raw_bytes, dtype=dtype, count=ref.numel)
 
 
 def _tensor_array(path, record, storages):
-    """Build an owned, C-contiguous array for one tensor record, checking every index is in bounds."""
+    """Build an owned, C-contiguous array for one tensor record, checking every index is in bounds.
+
+    A tensor may have no more elements than its storage, so the output is at most the size of
+    the storage (twice that for bfloat16, which is widened to float32).
+    """
     ref = record.storage
     if ref.key not in storages:
         raise CheckpointFormatError(f"{path}: storage {ref.key} is referenced but not stored in the file")
@@ -272,7 +431,8 @@ def _tensor_array(path, record, storages):
     if ref.view_offset is not None:
         storage = storage[ref.view_offset : ref.view_offset + ref.view_numel]
 
-    if 0 in record.size:
+    numel = math.prod(record.size)
+    if numel == 0:
         values = np.zeros(record.size, dtype=storage.dtype)
     else:
         last_index = record.offset + sum((n - 1) * s for n, s in zip(record.size, record.stride))
@@ -280,6 +440,13 @@ def _tensor_array(path, record, storages):
             raise CheckpointFormatError(
                 f"{path}: tensor of size {record.size} stride {record.stride} offset {record.offset} "
                 f"reads past the end of storage {ref.key} ({storage.size} elements)"
+            )
+        if numel > storage.size:
+            # NOTE: torch can save expanded views (stride 0) whose elements repeat. They are rejected
+            # here, so that a few stored bytes cannot expand into a huge array.
+            raise CheckpointFormatError(
+                f"{path}: tensor of size {record.size} stride {record.stride} has {numel} elements, more than "
+                f"the {storage.size} of storage {ref.key}; tensors that repeat storage elements are not supported"
             )
         strides_bytes = tuple(s * storage.itemsize for s in record.stride)
         values = np.lib.stride_tricks.as_strided(
@@ -292,26 +459,78 @@ def _tensor_array(path, record, storages):
     return values
 
 
-def _materialize(obj, build_tensor, visited=None):
-    """Replace every tensor record inside dicts, lists and tuples by its array (in place where possible)."""
-    if isinstance(obj, _TensorRecord):
-        return build_tensor(obj)
-    if isinstance(obj, _StorageRef):
-        raise CheckpointFormatError("a bare storage outside a tensor is not supported")
-    visited = set() if visited is None else visited
-    if id(obj) in visited:
+_PLAIN_LEAF_TYPES = (str, bytes, bytearray, int, float, complex, bool, type(None), np.generic, np.dtype)
+
+
+class _Materializer:
+    """Replace the records inside an unpickled object by NumPy arrays, and reject anything else.
+
+    Only dicts, OrderedDicts, lists, tuples, sets and plain scalars may remain. Nesting is
+    limited to `_MAX_NESTING_DEPTH` levels and reference cycles are rejected, so callers can
+    walk the result recursively.
+    """
+
+    def __init__(self, path, build_tensor=None):
+        self._path = path
+        self._build_tensor = build_tensor
+        self._done = {}  # id(container) -> materialized container (shared references stay shared)
+        self._open = set()  # ids of the containers on the current path, to find cycles
+
+    def run(self, obj):
+        try:
+            return self._resolve(obj, "the top-level object", 0)
+        except CheckpointFormatError as error:
+            if self._path in str(error):
+                raise
+            raise CheckpointFormatError(f"{self._path}: {error}") from error
+        except (MemoryError, ValueError, OverflowError) as error:
+            raise CheckpointFormatError(f"{self._path}: cannot build its arrays: {error!r}") from error
+
+    def _resolve(self, obj, where, depth):
+        if isinstance(obj, _TensorRecord) and self._build_tensor is not None:
+            return self._build_tensor(obj)
+        if isinstance(obj, _ArrayRecord):
+            return obj.numeric_array(where)
+        if isinstance(obj, _DtypeRecord):
+            return obj.dtype
+        if isinstance(obj, _PLAIN_LEAF_TYPES):
+            return obj
+        if type(obj) not in (dict, collections.OrderedDict, list, tuple, set, frozenset):
+            raise CheckpointFormatError(f"{where} has type {type(obj).__name__}, which is not allowed in a checkpoint")
+        if depth >= _MAX_NESTING_DEPTH:
+            raise CheckpointFormatError(f"{where} is nested more than {_MAX_NESTING_DEPTH} levels deep")
+        if id(obj) in self._done:
+            return self._done[id(obj)]
+        if id(obj) in self._open:
+            raise CheckpointFormatError(f"{where} contains itself (a reference cycle)")
+        self._open.add(id(obj))
+        result = self._resolve_container(obj, where, depth + 1)
+        self._open.discard(id(obj))
+        self._done[id(obj)] = result
+        return result
+
+    def _resolve_container(self, obj, where, depth):
+        if isinstance(obj, dict):
+            for key in list(obj):
+                self._check_plain(key, f"a key of {where}")
+                obj[key] = self._resolve(obj[key], f"entry {key!r}", depth)
+            return obj
+        if isinstance(obj, list):
+            for index, item in enumerate(obj):
+                obj[index] = self._resolve(item, f"item {index} of {where}", depth)
+            return obj
+        if isinstance(obj, tuple):
+            return tuple(self._resolve(item, f"item {index} of {where}", depth) for index, item in enumerate(obj))
+        for item in obj:  # set or frozenset: its items are hashable, so they must be plain values
+            self._check_plain(item, f"an item of {where}")
         return obj
-    if isinstance(obj, dict):
-        visited.add(id(obj))
-        for key in list(obj.keys()):
-            obj[key] = _materialize(obj[key], build_tensor, visited)
-    elif isinstance(obj, list):
-        visited.add(id(obj))
-        for index, item in enumerate(obj):
-            obj[index] = _materialize(item, build_tensor, visited)
-    elif isinstance(obj, tuple):
-        return tuple(_materialize(item, build_tensor, visited) for item in obj)
-    return obj
+
+    def _check_plain(self, value, where):
+        if isinstance(value, tuple):
+            for item in value:
+                self._check_plain(item, where)
+        elif not isinstance(value, _PLAIN_LEAF_TYPES):
+            raise CheckpointFormatError(f"{where} has type {type(value).__name__}, expected a string or number")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,35 +547,73 @@ def _find_zip_prefix(path, names):
     return pickles[0][: -len("data.pkl")]
 
 
+def _check_zip_members(path, infos):
+    """Reject duplicate member names and compressed members that expand far beyond their size."""
+    counts = collections.Counter(info.filename for info in infos)
+    duplicates = sorted(name for name, count in counts.items() if count > 1)
+    if duplicates:
+        raise CheckpointFormatError(f"{path}: the zip archive contains duplicate members {duplicates[:5]}")
+    for info in infos:
+        max_bytes = _MAX_COMPRESSION_RATIO * info.compress_size + _COMPRESSION_SLACK_BYTES
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > max_bytes:
+            raise CheckpointFormatError(
+                f"{path}: zip member {info.filename} expands from {info.compress_size} to {info.file_size} bytes; "
+                "torch.save writes members uncompressed, so the file was not written by torch"
+            )
+
+
+def _read_zip_storage(path, archive, info, ref, byteorder):
+    """Read one storage member after checking its size against the element count of its id."""
+    if info.file_size < ref.num_bytes:
+        raise CheckpointFormatError(
+            f"{path} is truncated: storage {ref.key} has {info.file_size} bytes, expected {ref.num_bytes}"
+        )
+    with archive.open(info) as member:
+        raw_bytes = member.read(ref.num_bytes)
+    return _storage_array(path, raw_bytes, ref, byteorder)
+
+
+def _read_torch_zip(path, archive):
+    """Return (unpickled object, {storage key: 1-D array}) of an open torch zip archive."""
+    infos = archive.infolist()
+    _check_zip_members(path, infos)
+    infos_by_name = {info.filename: info for info in infos}
+    prefix = _find_zip_prefix(path, list(infos_by_name))
+    byteorder = "little"
+    if prefix + "byteorder" in infos_by_name:
+        with archive.open(infos_by_name[prefix + "byteorder"]) as member:
+            byteorder = member.read(16).decode("ascii", "replace").strip()
+        if byteorder not in ("little", "big"):
+            raise CheckpointFormatError(f"{path}: invalid byteorder record {byteorder!r}")
+
+    refs_by_key = {}
+    pickle_info = infos_by_name[prefix + "data.pkl"]
+    with archive.open(pickle_info) as pickle_file:
+        obj = _unpickle(
+            pickle_file, path, _TORCH_GLOBALS, _storage_id_parser(path, refs_by_key), size_bytes=pickle_info.file_size
+        )
+
+    storages = {}
+    for key, ref in refs_by_key.items():
+        member = f"{prefix}data/{key}"
+        if member not in infos_by_name:
+            raise CheckpointFormatError(f"{path}: storage {key} is referenced but {member} is missing")
+        storages[key] = _read_zip_storage(path, archive, infos_by_name[member], ref, byteorder)
+    return obj, storages
+
+
 def _load_torch_zip(path):
     try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as error:
+        with zipfile.ZipFile(path) as archive:
+            obj, storages = _read_torch_zip(path, archive)
+    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, OSError) as error:
+        # RuntimeError covers encrypted members and NotImplementedError (unknown compression).
         raise CheckpointFormatError(f"{path} is truncated or corrupt: not a readable zip archive ({error})") from error
-    with archive:
-        names = archive.namelist()
-        prefix = _find_zip_prefix(path, names)
-        byteorder = "little"
-        if prefix + "byteorder" in names:
-            byteorder = archive.read(prefix + "byteorder").decode("ascii", "replace").strip()
-            if byteorder not in ("little", "big"):
-                raise CheckpointFormatError(f"{path}: invalid byteorder record {byteorder!r}")
-
-        refs_by_key = {}
-        with archive.open(prefix + "data.pkl") as pickle_file:
-            obj = _unpickle(pickle_file, path, _TORCH_GLOBALS, _storage_id_parser(path, refs_by_key))
-
-        storages = {}
-        for key, ref in refs_by_key.items():
-            member = f"{prefix}data/{key}"
-            if member not in names:
-                raise CheckpointFormatError(f"{path}: storage {key} is referenced but {member} is missing")
-            storages[key] = _storage_array(path, archive.read(member), ref, byteorder)
-    return _materialize(obj, lambda record: _tensor_array(path, record, storages))
+    return _Materializer(path, lambda record: _tensor_array(path, record, storages)).run(obj)
 
 
 def _read_exact(file, num_bytes, path, what):
-    remaining_bytes = os.fstat(file.fileno()).st_size - file.tell()
+    remaining_bytes = _remaining_file_bytes(file)
     if num_bytes > remaining_bytes:
         # Checked before reading, so a corrupt size cannot make read() allocate a huge buffer.
         raise CheckpointFormatError(
@@ -396,9 +653,9 @@ def _load_torch_legacy(path):
             (numel,) = struct.unpack("<q", _read_exact(file, 8, path, f"the size of storage {key}"))
             if numel != ref.numel:
                 raise CheckpointFormatError(f"{path}: storage {key} holds {numel} elements, its id says {ref.numel}")
-            raw = _read_exact(file, numel * ref.storage_type.file_dtype.itemsize, path, f"storage {key}")
+            raw = _read_exact(file, ref.num_bytes, path, f"storage {key}")
             storages[key] = _storage_array(path, raw, ref, "little")
-    return _materialize(obj, lambda record: _tensor_array(path, record, storages))
+    return _Materializer(path, lambda record: _tensor_array(path, record, storages)).run(obj)
 
 
 def detect_file_format(path):
@@ -432,7 +689,7 @@ def load_torch_file(path):
     Handles the zip format (torch >= 1.6 default) and the legacy format. Parameters become
     plain arrays; storage sharing between tensors is not preserved (each array owns its data).
     Raises UnsafeCheckpointError when the pickle names anything but tensors and containers,
-    and CheckpointFormatError when the file is truncated or not a torch file.
+    and CheckpointFormatError when the file is truncated, corrupt or not a torch file.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -452,57 +709,175 @@ def load_torch_file(path):
 
 
 # ----------------------------------------------------------------------------------------------
-# NumPy reconstruction (paddle.save files and pickled .npy files).
+# NumPy reconstruction (paddle.save files and pickled .npy files). NumPy pickles a dtype as
+# `dtype(spec, align, copy)` + BUILD(state) and an array as `_reconstruct(ndarray, (0,), b'b')`
+# + BUILD((version, shape, dtype, is_fortran, raw bytes)). The calls below return records, and
+# BUILD fills a record only after checking the state, so NumPy's own __setstate__ never runs.
+
+
+class _DtypeRecord:
+    """A pickled NumPy dtype: np.dtype(spec) with the byte order that BUILD supplies."""
+
+    __slots__ = ("dtype", "_has_state")
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self._has_state = False
+
+    def apply_state(self, state):
+        """Apply a dtype state (version, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata])."""
+        if self._has_state:
+            raise CheckpointFormatError(f"invalid pickle: BUILD applied twice to dtype {self.dtype}")
+        if not isinstance(state, tuple) or (state[:1], len(state)) not in (((3,), 8), ((4,), 9)):
+            raise CheckpointFormatError(f"invalid pickle: unsupported state {state!r} for dtype {self.dtype}")
+        byteorder, subarray, names, fields, elsize, alignment = state[1:7]
+        metadata = state[8] if len(state) == 9 else None
+        if (subarray, names, fields, metadata) != (None, None, None, None) or (elsize, alignment) != (-1, -1):
+            raise CheckpointFormatError(
+                f"invalid pickle: dtype {self.dtype} with fields, subarrays or a custom size is not supported"
+            )
+        if byteorder not in ("<", ">", "|", "="):
+            raise CheckpointFormatError(f"invalid pickle: dtype byte order {byteorder!r}")
+        if byteorder in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(byteorder)
+        self._has_state = True
 
 
 def _safe_dtype(spec, align=False, copy=False):
-    """Build a NumPy dtype from its pickled type string (any other spec, such as a class, is rejected)."""
+    """Build a dtype record from a pickled type string; only numeric, bool and object types are accepted.
+
+    Object dtypes are only kept for the 0-d array that wraps the object of a pickled `.npy` file;
+    `_Materializer` rejects object arrays anywhere else.
+    """
     if not isinstance(spec, str):
         raise CheckpointFormatError(f"invalid pickle: dtype spec {spec!r} is not a type name")
-    return np.dtype(spec)
+    try:
+        dtype = np.dtype(spec)
+    except (TypeError, ValueError) as error:
+        raise CheckpointFormatError(f"invalid pickle: dtype spec {spec!r}: {error}") from error
+    if dtype != np.dtype(object):
+        _check_numeric_dtype(dtype, f"a pickled array (dtype spec {spec!r})")
+    return _DtypeRecord(dtype)
 
 
-def _safe_reconstruct(subtype, shape, dtype):
+class _NdarrayClass:
+    """The numpy.ndarray global: only accepted as the class argument of _reconstruct."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "numpy.ndarray"
+
+
+_NDARRAY_CLASS = _NdarrayClass()
+
+
+def _raw_bytes(data, what):
+    if isinstance(data, str):
+        # Python 2 pickles store array bytes as a str; numpy reads it back as latin1.
+        return data.encode("latin1")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return data
+    raise CheckpointFormatError(f"invalid pickle: {what} data has type {type(data).__name__}, expected bytes")
+
+
+def _array_from_bytes(data, dtype, shape, fortran_order, what):
+    """Return an owned, native-order array of `shape` from exactly numel * itemsize raw bytes."""
+    shape = _check_shape(shape, f"{what} shape")
+    numel = math.prod(shape)
+    data = _raw_bytes(data, what)
+    num_bytes = memoryview(data).nbytes
+    if num_bytes != numel * dtype.itemsize:
+        raise CheckpointFormatError(
+            f"invalid pickle: {what} of shape {shape} and dtype {dtype} needs {numel * dtype.itemsize} bytes, "
+            f"its data has {num_bytes}"
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=numel)
+    array = flat.reshape(shape, order="F" if fortran_order else "C")
+    return np.array(array, dtype=dtype.newbyteorder("="), order="C", copy=True)
+
+
+class _ArrayRecord:
+    """A pickled NumPy array: empty after _reconstruct, filled by BUILD (or directly by _frombuffer)."""
+
+    __slots__ = ("array", "object_item", "has_data")
+
+    def __init__(self, array=None):
+        self.array = array
+        self.object_item = None
+        self.has_data = array is not None
+
+    def apply_state(self, state):
+        """Fill the record from an ndarray state (version, shape, dtype, is_fortran, data); version is optional."""
+        if self.has_data:
+            raise CheckpointFormatError("invalid pickle: BUILD applied to an array that already has data")
+        if isinstance(state, tuple) and len(state) == 5 and state[0] == 1:
+            state = state[1:]
+        if not isinstance(state, tuple) or len(state) != 4:
+            raise CheckpointFormatError("invalid pickle: unsupported ndarray state")
+        shape, dtype_record, fortran_order, data = state
+        if not isinstance(dtype_record, _DtypeRecord) or not isinstance(fortran_order, (bool, int)):
+            raise CheckpointFormatError("invalid pickle: ndarray state without a dtype")
+        if dtype_record.dtype == np.dtype(object):
+            # The 0-d object array that np.save wraps around a pickled dict: its data is [item].
+            if tuple(shape) != () or not isinstance(data, list) or len(data) != 1:
+                raise CheckpointFormatError("invalid pickle: object arrays are only supported as a 0-d wrapper")
+            self.object_item = data[0]
+        else:
+            self.array = _array_from_bytes(data, dtype_record.dtype, shape, fortran_order, "pickled array")
+        self.has_data = True
+
+    def numeric_array(self, where):
+        """Return the array, raising when the record is empty or holds an object."""
+        if not self.has_data:
+            raise CheckpointFormatError(f"{where} is an array whose data is missing from the pickle")
+        if self.array is None:
+            raise CheckpointFormatError(
+                f"{where} is an object array; only bool, integer, float and complex arrays can be read"
+            )
+        return self.array
+
+
+def _safe_reconstruct(subtype, shape, typecode):
     """Start an ndarray unpickle (numpy's _reconstruct); only plain ndarray is allowed as the class."""
-    if subtype is not np.ndarray:
-        raise CheckpointFormatError(f"invalid pickle: array subclass {subtype!r} is not allowed")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+    if subtype is not _NDARRAY_CLASS:
+        raise CheckpointFormatError(f"invalid pickle: array class {subtype!r} is not numpy.ndarray")
+    return _ArrayRecord()
 
 
-def _safe_scalar(dtype, value=None):
-    if not isinstance(dtype, np.dtype):
-        raise CheckpointFormatError(f"invalid pickle: scalar dtype {dtype!r}")
-    if dtype.hasobject:
-        return value
-    if not isinstance(value, bytes) or len(value) != dtype.itemsize:
-        raise CheckpointFormatError(f"invalid pickle: scalar of {dtype} needs {dtype.itemsize} bytes")
-    return np.frombuffer(value, dtype=dtype, count=1)[0]
+def _safe_scalar(dtype_record, value=None):
+    """Rebuild a NumPy scalar from its raw bytes; object scalars are rejected."""
+    if not isinstance(dtype_record, _DtypeRecord) or dtype_record.dtype == np.dtype(object):
+        raise CheckpointFormatError(f"invalid pickle: scalar of dtype {dtype_record!r}")
+    return _array_from_bytes(value, dtype_record.dtype, (), False, "pickled scalar")[()]
 
 
-def _safe_frombuffer(buffer, dtype, shape, order):
+def _safe_frombuffer(buffer, dtype_record, shape, order):
     """Rebuild an array pickled with protocol 5 in-band buffers."""
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise CheckpointFormatError(f"invalid pickle: buffer array dtype {dtype!r}")
-    flat = np.frombuffer(bytes(buffer), dtype=dtype)
-    return flat.reshape(shape, order=order).copy()
+    if not isinstance(dtype_record, _DtypeRecord) or dtype_record.dtype == np.dtype(object) or order not in ("C", "F"):
+        raise CheckpointFormatError(f"invalid pickle: buffer array of dtype {dtype_record!r}, order {order!r}")
+    return _ArrayRecord(_array_from_bytes(buffer, dtype_record.dtype, shape, order == "F", "pickled buffer array"))
 
 
-_NUMPY_GLOBALS = {
-    **_CONTAINER_GLOBALS,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _safe_dtype,
-}
-for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _NUMPY_GLOBALS[(_module, "_reconstruct")] = _safe_reconstruct
-    _NUMPY_GLOBALS[(_module, "scalar")] = _safe_scalar
-for _module in ("numpy.core.numeric", "numpy._core.numeric"):
-    _NUMPY_GLOBALS[(_module, "_frombuffer")] = _safe_frombuffer
+# numpy >= 2 pickles under numpy._core, older versions under numpy.core.
+_MULTIARRAY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
+_NUMERIC_MODULES = ("numpy.core.numeric", "numpy._core.numeric")
+_NUMPY_GLOBALS = dict(
+    (
+        *_CONTAINER_GLOBALS.items(),
+        (("numpy", "ndarray"), _NDARRAY_CLASS),
+        _allowed("numpy", "dtype", _safe_dtype),
+        *(_allowed(module, "_reconstruct", _safe_reconstruct) for module in _MULTIARRAY_MODULES),
+        *(_allowed(module, "scalar", _safe_scalar) for module in _MULTIARRAY_MODULES),
+        *(_allowed(module, "_frombuffer", _safe_frombuffer) for module in _NUMERIC_MODULES),
+    )
+)
 
 
 def _paddle_tensor_tuple(items):
     """Unwrap a Paddle tensor, which paddle.save pickles as `tuple(((name, ndarray),))`."""
     items = tuple(items)
-    if len(items) == 2 and isinstance(items[0], str) and isinstance(items[1], np.ndarray):
+    if len(items) == 2 and isinstance(items[0], str) and isinstance(items[1], _ArrayRecord):
         return items[1]
     return items
 
@@ -512,16 +887,18 @@ def _paddle_dense_tensor(expression, namespace=None):
 
     Nothing is evaluated: only that exact expression is accepted.
     """
-    if expression != "data" or not isinstance(namespace, dict) or not isinstance(namespace.get("data"), np.ndarray):
+    if expression != "data" or not isinstance(namespace, dict) or not isinstance(namespace.get("data"), _ArrayRecord):
         raise CheckpointFormatError(f"invalid pickle: eval({expression!r}) is not a Paddle tensor record")
     return namespace["data"]
 
 
-_PADDLE_GLOBALS = {
-    **_NUMPY_GLOBALS,
-    ("builtins", "tuple"): _paddle_tensor_tuple,
-    ("builtins", "eval"): _paddle_dense_tensor,
-}
+_PADDLE_GLOBALS = dict(
+    (
+        *_NUMPY_GLOBALS.items(),
+        _allowed("builtins", "tuple", _paddle_tensor_tuple),
+        _allowed("builtins", "eval", _paddle_dense_tensor),
+    )
+)
 
 PADDLE_NAME_TABLE_KEY = "StructuredToParameterName@@"
 PADDLE_BIG_PARAM_KEY = "UnpackBigParamInfor@@"
@@ -530,10 +907,17 @@ PADDLE_BIG_PARAM_KEY = "UnpackBigParamInfor@@"
 def _join_big_params(state, path):
     """Reassemble arrays that paddle.save split into slices (pickle protocols 2 and 3, > 1 GiB)."""
     info = state.pop(PADDLE_BIG_PARAM_KEY)
+    if not isinstance(info, dict):
+        raise CheckpointFormatError(f"{path}: {PADDLE_BIG_PARAM_KEY} has type {type(info).__name__}, expected a dict")
     for key, entry in info.items():
         try:
-            parts = [state.pop(part) for part in entry["slices"]]
-            state[key] = np.concatenate(parts).reshape(entry["OriginShape"])
+            slice_keys = entry["slices"]
+            if not isinstance(slice_keys, list) or not all(isinstance(part, str) for part in slice_keys):
+                raise TypeError(f"slices {slice_keys!r} is not a list of keys")
+            parts = [state.pop(part) for part in slice_keys]
+            if not all(isinstance(part, np.ndarray) for part in parts):
+                raise TypeError("a slice is not an array")
+            state[key] = np.concatenate(parts).reshape(_check_shape(entry["OriginShape"], "split parameter shape"))
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointFormatError(f"{path}: cannot reassemble split parameter {key!r}: {error!r}") from error
     return state
@@ -550,35 +934,56 @@ def load_paddle_file(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with open(path, "rb") as file:
         obj = _unpickle(file, path, _PADDLE_GLOBALS, encoding="latin1")
+    obj = _Materializer(path).run(obj)
     if isinstance(obj, dict) and PADDLE_BIG_PARAM_KEY in obj:
         obj = _join_big_params(obj, path)
     return obj
 
 
+def _read_npy_header(file, path):
+    """Return (shape, fortran_order, dtype) from a .npy header."""
+    try:
+        version = np.lib.format.read_magic(file)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(file)
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(file)
+        raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, SyntaxError, TypeError, EOFError) as error:
+        raise CheckpointFormatError(f"{path} is not a valid .npy file: {error}") from error
+
+
+def _read_plain_npy(file, path, shape, fortran_order, dtype):
+    """Read the data of a .npy file without objects, after checking its size against the file."""
+    try:
+        _check_numeric_dtype(dtype, "the .npy array")
+        shape = _check_shape(shape, ".npy shape")
+    except CheckpointFormatError as error:
+        raise CheckpointFormatError(f"{path}: {error}") from error
+    num_bytes = math.prod(shape) * dtype.itemsize
+    raw = _read_exact(file, num_bytes, path, "the array data")
+    return _array_from_bytes(raw, dtype, shape, fortran_order, "the .npy array")
+
+
 def load_pickled_npy(path):
     """Load a `.npy` file that contains a pickled object (np.save of a dict) with the restricted unpickler.
 
-    Returns the stored object itself (the `[()]` item of the 0-d object array).
+    Returns the stored object itself (the `[()]` item of the 0-d object array). A `.npy` file
+    without objects is read as a plain array.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with open(path, "rb") as file:
-        try:
-            version = np.lib.format.read_magic(file)
-            if version == (1, 0):
-                shape, _fortran_order, dtype = np.lib.format.read_array_header_1_0(file)
-            elif version == (2, 0):
-                shape, _fortran_order, dtype = np.lib.format.read_array_header_2_0(file)
-            else:
-                raise ValueError(f"unsupported .npy format version {version}")
-        except ValueError as error:
-            raise CheckpointFormatError(f"{path} is not a valid .npy file: {error}") from error
+        shape, fortran_order, dtype = _read_npy_header(file, path)
         if not dtype.hasobject:
-            file.seek(0)
-            return np.load(file, allow_pickle=False)
-        array = _unpickle(file, path, _NUMPY_GLOBALS, encoding="latin1")
-    if not isinstance(array, np.ndarray) or array.shape != shape:
-        raise CheckpointFormatError(f"{path}: pickled payload is not the {shape} object array its header declares")
-    return array[()] if array.shape == () else array
-
+            return _read_plain_npy(file, path, shape, fortran_order, dtype)
+        if dtype != np.dtype(object) or tuple(shape) != ():
+            raise CheckpointFormatError(
+                f"{path}: a .npy object array of shape {shape} and dtype {dtype} is not supported; "
+                "expected a single pickled object (shape ())"
+            )
+        wrapper = _unpickle(file, path, _NUMPY_GLOBALS, encoding="latin1")
+    if not isinstance(wrapper, _ArrayRecord) or wrapper.array is not None or not wrapper.has_data:
+        raise CheckpointFormatError(f"{path}: pickled payload is not the 0-d object array its header declares")
+    return _Materializer(path).run(wrapper.object_item)

@@ -20,8 +20,10 @@ def read_official_npy(path):
     """Read one official MTCNN weight file (pnet.npy, rnet.npy or onet.npy).
 
     Returns {state_dict key: float32 array} in the official PyTorch layout. Raises
-    ValueError when the file does not hold a dict of arrays, and UnsafeCheckpointError
-    (a ValueError) when its pickle names anything but NumPy arrays and containers.
+    ValueError when the file does not hold a dict of float arrays, CheckpointFormatError
+    (a ValueError) when it is corrupt or contains structured or object arrays, and
+    UnsafeCheckpointError (a ValueError) when its pickle names anything but NumPy arrays
+    and containers.
     """
     weights = load_pickled_npy(path)
     if not isinstance(weights, dict):
@@ -34,6 +36,8 @@ def read_official_npy(path):
             raise ValueError(
                 f"{path}: entry {key!r} is {type(value).__name__}; expected str keys and ndarray values"
             )
+        if value.dtype.kind != "f":
+            raise ValueError(f"{path}: entry {key!r} has dtype {value.dtype}; the MTCNN weights are float arrays")
     return {key: value.astype(np.float32, copy=False) for key, value in weights.items()}
 
 
