@@ -29,7 +29,7 @@ def layer_arrays(layer):
 
 
 def write_converted(path, tensors, kind, **metadata):
-    """Write a converted file; the metadata holds the format tag, the kind and any entry given."""
+    """Write a converted file whose metadata contains the format tag, the kind and the given entries."""
     save_file(tensors, str(path), metadata={"format": FORMAT_TAG, "kind": kind, **metadata})
     return path
 

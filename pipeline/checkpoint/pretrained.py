@@ -5,9 +5,9 @@ Usage:
     latent_avg = loaded.extras["latent_avg"]  # [512]; not module state
 
 Every key of the layer must come from the file, and every file key below `prefix` (minus the
-declared extras) must land in the layer with the same shape and a compatible dtype (float
-values into float parameters, integers into integer buffers such as num_batches_tracked), and
-float values must be finite. Otherwise WeightsMismatchError names the missing and unexpected
+declared extras) must land in the layer with the same shape and a compatible dtype: float
+values go into float parameters, integers into integer buffers such as num_batches_tracked.
+Float values must be finite. Otherwise WeightsMismatchError names the missing and unexpected
 keys, the shape and dtype mismatches, the non-finite entries and the config option. Every
 check runs before the layer is touched, so a failed load leaves it unchanged.
 """
@@ -156,7 +156,7 @@ def _checked_value(key, value, target_dtype):
 
 
 def _checked_extras(extras, label):
-    """Check that every extra (such as latent_avg) holds finite float values."""
+    """Check that every extra (such as latent_avg) contains only finite float values."""
     for key, value in extras.items():
         if value.dtype.kind != "f":
             raise WeightsMismatchError(f"{label}: extra {key} has dtype {value.dtype}, expected float values")
