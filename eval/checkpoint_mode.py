@@ -9,9 +9,9 @@ from eval.evaluator import EvalResult, Evaluator
 from eval.metrics import METRICS, MetricPlan, build_metric_networks, plan_metrics
 from eval.report import REPORT_FORMAT, Grid, alignment_failures, checkpoint_files, describe_file, write_report
 from eval.summary import summarize
-from pipeline.config import Config, config_to_dict
+from pipeline.config import Config, ConfigError, config_to_dict
 from pipeline.data.stream import read_shard_index
-from pipeline.inference import load_sam
+from pipeline.inference import load_sam, resolve_checkpoint
 from pipeline.train.distributed import DistInfo
 
 log = logging.getLogger("sam")
@@ -50,6 +50,8 @@ def weight_files(cfg: Config, checkpoint: str | Path, plan: MetricPlan) -> list[
         path = getattr(cfg.weights, option)
         if path:
             files.append(describe_file(f"weights.{option}", path))
+        else:
+            files.append({"option": f"weights.{option}", "path": "none: random weights", "sha256": ""})
     return files
 
 
@@ -86,10 +88,9 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, info: DistInfo,
                         metrics: tuple[str, ...] | list[str] = METRICS) -> Path | None:
     """Score `checkpoint` on data.test_shards across all ranks; rank 0 writes the report and returns its folder."""
     if not cfg.data.test_shards:
-        raise ValueError("data.test_shards is not set; point it at test shards built by shards/build.py")
+        raise ConfigError("data.test_shards is not set; point it at test shards built by shards/build.py")
     read_shard_index(cfg.data.test_shards, cfg.data.resolution)  # fail before building any network
-    if not Path(checkpoint).exists():
-        raise FileNotFoundError(f"--checkpoint {checkpoint} not found; pass a step_<N> folder or a converted SAM file")
+    checkpoint = resolve_checkpoint(cfg, checkpoint)
     config_dict = config_to_dict(cfg)
     plan = plan_metrics(cfg, list(metrics))
 

@@ -55,11 +55,15 @@ def describe_file(option: str, path: str | Path) -> dict:
     return {"option": option, "path": str(path), "sha256": file_sha256(path)}
 
 
+# Files of a training checkpoint folder that hold the evaluated model (not the optimizer or loop state).
+CHECKPOINT_MODEL_FILES = ("model.safetensors", "model.json", "config.yaml")
+
+
 def checkpoint_files(checkpoint: str | Path) -> list[dict]:
-    """Describe the checkpoint file, or every file of a checkpoint folder, with its sha256."""
+    """Describe the checkpoint file, or the model files of a checkpoint folder, with their sha256."""
     checkpoint = Path(checkpoint)
-    files = [checkpoint] if checkpoint.is_file() else sorted(p for p in checkpoint.rglob("*") if p.is_file())
-    return [describe_file("--checkpoint", path) for path in files]
+    files = [checkpoint] if checkpoint.is_file() else [checkpoint / name for name in CHECKPOINT_MODEL_FILES]
+    return [describe_file("--checkpoint", path) for path in files if path.is_file()]
 
 
 def alignment_failures(records: list[dict]) -> dict:

@@ -33,7 +33,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _entry.add_config_arguments(parser)
     parser.add_argument("--checkpoint", required=True,
-                        help="training checkpoint folder (…/checkpoints/step_<N>) or converted SAM .safetensors file")
+                        help="training checkpoint folder (…/checkpoints/step_<N>), converted SAM .safetensors file, "
+                             "or latest (the newest complete checkpoint of output_dir)")
     parser.add_argument("--input", required=True, help="an image file or a folder of images (searched recursively)")
     parser.add_argument("--ages", default=DEFAULT_AGES, help=f"target ages in years, comma-separated (default {DEFAULT_AGES})")
     parser.add_argument("--output", required=True, help="folder for the strips and single images")
@@ -48,7 +49,7 @@ def main() -> None:
     import numpy as np
     import paddle
 
-    from pipeline.inference import age_images, list_images, load_image, load_sam, save_image
+    from pipeline.inference import age_images, list_images, load_image, load_sam, resolve_checkpoint, save_image
 
     try:
         files = list_images(args.input)
@@ -58,7 +59,7 @@ def main() -> None:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise SystemExit(f"error: --output {output} is a file; pass a folder")
-    sam = load_sam(cfg, args.checkpoint)
+    sam = load_sam(cfg, resolve_checkpoint(cfg, args.checkpoint))
     output.mkdir(parents=True, exist_ok=True)
     names = output_names(files, Path(args.input))
 

@@ -52,6 +52,25 @@ def _check_same_model(cfg: Config, saved_config: dict, folder: Path) -> None:
         )
 
 
+def resolve_checkpoint(cfg: Config, checkpoint: str) -> str:
+    """Return the checkpoint path for --checkpoint: a file, a step folder, or `latest` (newest intact in output_dir).
+
+    Raises CheckpointError listing the checkpoints that do exist when the path is not found.
+    """
+    if checkpoint == "latest":
+        folder = ckpt.newest_intact_checkpoint(cfg.output_dir)
+        if folder is None:
+            raise ckpt.CheckpointError(f"--checkpoint latest: no complete checkpoint in {cfg.output_dir}/checkpoints; "
+                                       "train first or pass a path")
+        return str(folder)
+    if not Path(checkpoint).exists():
+        found = [str(folder) for _, folder in ckpt.list_complete_checkpoints(cfg.output_dir)]
+        hint = f"checkpoints in output_dir: {', '.join(found)}" if found else f"no checkpoint in {cfg.output_dir}"
+        raise ckpt.CheckpointError(f"--checkpoint {checkpoint}: not found ({hint}); pass a step_<N> folder, "
+                                   "a converted SAM .safetensors file or latest")
+    return checkpoint
+
+
 def load_sam(cfg: Config, checkpoint: str | None) -> SAM:
     """Build SAM from the config and fill it from `checkpoint`; return it in eval mode."""
     # The trainer seeds with train.seed before building SAM, so networks without a weights file
@@ -61,7 +80,7 @@ def load_sam(cfg: Config, checkpoint: str | None) -> SAM:
         cfg.weights.sam = checkpoint
         sam = build_sam(cfg)
     else:
-        sam = build_sam(cfg)
+        sam = build_sam(cfg, encoder_from_checkpoint=checkpoint is not None)
         if checkpoint is not None:
             folder = ckpt.resolve_resume(checkpoint, cfg.output_dir, option="--checkpoint")
             if folder is None:

@@ -249,11 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="output folder of shards/build.py")
     args = parser.parse_args(argv)
 
+    if not args.folder.is_dir():
+        print(f"error: shard folder {args.folder} not found; pass the --output folder of shards/build.py",
+              file=sys.stderr)
+        return 1
     problems, num_samples = verify_output(args.folder)
     for line in problems:
         print(line)
     if problems:
-        print(f"FAILED: {len(problems)} problems in {args.folder}", file=sys.stderr)
+        noun = "problem" if len(problems) == 1 else "problems"
+        print(f"FAILED: {len(problems)} {noun} in {args.folder}", file=sys.stderr)
         return 1
     print(f"OK: {num_samples} samples in {args.folder} match the index", file=sys.stderr)
     return 0

@@ -263,10 +263,13 @@ def test_report_counts_failed_alignments(one_rank):
 
 def test_report_lists_weight_hashes(one_rank, workspace):
     _, report = one_rank
-    by_path = {entry["path"]: entry for entry in report["weights"]}
-    checkpoint_files = sorted(p for p in workspace["checkpoint"].iterdir() if p.is_file())
+    by_path = {entry["path"]: entry for entry in report["weights"] if entry["sha256"]}
+    # Of a checkpoint folder, only the files that hold the evaluated model are listed.
+    checkpoint_files = [workspace["checkpoint"] / name for name in ("model.safetensors", "model.json", "config.yaml")]
     weight_files = list(workspace["weights"].values())
     assert set(by_path) == {str(p) for p in checkpoint_files + weight_files}
+    random_options = {e["option"] for e in report["weights"] if e["path"] == "none: random weights"}
+    assert "weights.stylegan" in random_options
     for path in checkpoint_files + weight_files:
         assert by_path[str(path)]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert by_path[str(workspace["weights"]["mtcnn"])]["option"] == "weights.mtcnn"

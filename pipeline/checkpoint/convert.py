@@ -575,6 +575,10 @@ def write_safetensors(conversion, destination):
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
         save_file(conversion.tensors, str(partial), metadata=build_metadata(conversion))
+        # safetensors creates files with mode 0600; give the file the mode the user's umask gives new files.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)
         os.replace(partial, destination)
     except (OSError, SafetensorError) as error:
         raise ConversionError(f"cannot write {destination}: {error}") from error
@@ -629,6 +633,9 @@ def summarize(conversion, destination=None):
         lines.append(f"cast to float32: {len(conversion.cast_to_float32)}")
     if "latent_avg" in conversion.tensors:
         lines.append(f"latent_avg: {list(conversion.tensors['latent_avg'].shape)}")
+    elif kind.name == "stylegan":
+        lines.append("latent_avg: missing; SAM needs it when this file is weights.stylegan, so training and "
+                     "inference will reject the file (convert the official stylegan2-ffhq-config-f.pt, which has it)")
     elif kind.name == "sam":
         lines.append("latent_avg: not in the file, so SAM cannot add it to the encoded latents")
     if conversion.opts is not None:

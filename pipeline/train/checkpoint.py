@@ -106,9 +106,11 @@ def _file_digests(folder: Path) -> dict:
 
 
 def _fsync_files(folder: Path) -> None:
-    """Flush every file of `folder` to disk and make it readable by the group, as a saved file would be."""
+    """Flush every file of `folder` to disk and give it the mode the user's umask gives new files."""
+    umask = os.umask(0)
+    os.umask(umask)
     for path in folder.iterdir():
-        os.chmod(path, 0o644)  # safetensors creates its files with mode 0600
+        os.chmod(path, 0o666 & ~umask)  # safetensors creates its files with mode 0600
         with open(path, "rb") as f:
             os.fsync(f.fileno())
 

@@ -37,8 +37,12 @@ def load_file_into(layer: paddle.nn.Layer, path: str, kind: str, option: str, pr
     return loaded.extras
 
 
-def build_sam(cfg: Config) -> SAM:
-    """Build SAM and fill it from weights.sam, or from the generator, pSp and IR-SE50 files."""
+def build_sam(cfg: Config, encoder_from_checkpoint: bool = False) -> SAM:
+    """Build SAM and fill it from weights.sam, or from the generator, pSp and IR-SE50 files.
+
+    `encoder_from_checkpoint` says that a training checkpoint fills the age encoder next, so its
+    IR-SE50 initialisation is skipped.
+    """
     sam = SAM(cfg.model)
     weights = cfg.weights
     if weights.sam:
@@ -66,6 +70,8 @@ def build_sam(cfg: Config) -> SAM:
         else:
             warn_random_weights("the frozen pSp encoder", "weights.psp_encoder")
 
+    if encoder_from_checkpoint:
+        return sam
     if weights.irse50:
         irse50_state, _ = read_weights(weights.irse50, "irse50", config_option="weights.irse50")
         init_from_irse50(sam.encoder, irse50_state, np.random.default_rng(cfg.train.seed))

@@ -99,14 +99,20 @@ class RunLogger:
         out.mkdir(parents=True, exist_ok=True)
         self.stats_path = out / "stats.jsonl"
         drop_records_after(self.stats_path, start_step)
-        from visualdl import LogWriter
+        self.vdl_dir = out / "vdl"
 
-        # VisualDL names its file by the second it was created, so two writers created in the same
-        # second would share it. The name carries the process id too.
-        # NOTE: VisualDL cannot drop records, so steps redone after a resume appear twice there;
-        # stats.jsonl holds each step once.
-        file_name = f"vdlrecords.{int(time.time())}.{os.getpid()}.log"
-        self.writer = LogWriter(logdir=str(out / "vdl"), file_name=file_name)
+    def _vdl(self):
+        """Return the VisualDL writer, created at the first record so that a run with nothing to do leaves no file."""
+        if self.writer is None:
+            from visualdl import LogWriter
+
+            # VisualDL names its file by the second it was created, so two writers created in the same
+            # second would share it. The name carries the process id too.
+            # NOTE: VisualDL cannot drop records, so steps redone after a resume appear twice there;
+            # stats.jsonl holds each step once.
+            file_name = f"vdlrecords.{int(time.time())}.{os.getpid()}.log"
+            self.writer = LogWriter(logdir=str(self.vdl_dir), file_name=file_name)
+        return self.writer
 
     def status(self, step: int, record: dict) -> None:
         """Print the status line and append the record to stats.jsonl and VisualDL."""
@@ -126,7 +132,7 @@ class RunLogger:
             f.write(json.dumps({"step": step, **record}) + "\n")
         for key, value in record.items():
             if isinstance(value, (int, float)):
-                self.writer.add_scalar(f"train/{key}", float(value), step)
+                self._vdl().add_scalar(f"train/{key}", float(value), step)
 
     def scalars(self, step: int, prefix: str, values: dict) -> None:
         """Record extra scalars (validation metrics) in stats.jsonl and VisualDL."""
@@ -135,11 +141,11 @@ class RunLogger:
         with open(self.stats_path, "a") as f:
             f.write(json.dumps({"step": step, prefix: values}) + "\n")
         for key, value in values.items():
-            self.writer.add_scalar(f"{prefix}/{key}", float(value), step)
+            self._vdl().add_scalar(f"{prefix}/{key}", float(value), step)
 
     def image(self, step: int, tag: str, grid_uint8: np.ndarray) -> None:
         if self.enabled:
-            self.writer.add_image(tag, grid_uint8, step)
+            self._vdl().add_image(tag, grid_uint8, step)
 
     def close(self) -> None:
         if self.writer is not None:
