@@ -11,7 +11,6 @@ Example:
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import _entry

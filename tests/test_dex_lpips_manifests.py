@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from paddle import nn
 
+from pipeline.checkpoint.pretrained import WeightsMismatchError
 from pipeline.models.dex_vgg import DexVGG, load_official_dex_weights
 from pipeline.models.lpips import LPIPS, lpips_state_from_official
 
@@ -104,11 +105,11 @@ def test_dex_loader_rejects_missing_key():
     official = _hyphenated_official_state(dex)
     del official["state_dict"]["conv3_2.bias"]
 
-    with pytest.raises(KeyError, match=r"missing keys \['conv3_2.bias'\]"):
+    with pytest.raises(WeightsMismatchError, match=r"1 missing keys .*conv3_2\.bias"):
         load_official_dex_weights(dex, official)
 
 
 def test_dex_loader_rejects_wrong_width():
     official = _hyphenated_official_state(DexVGG(conv_widths=(4, 8, 16, 32, 32), fc_width=64))
-    with pytest.raises(ValueError, match=r"'fc6.weight' has shape \[1568, 64\]"):
+    with pytest.raises(WeightsMismatchError, match=r"fc6\.weight: file \[1568, 64\]"):
         load_official_dex_weights(DexVGG(conv_widths=(4, 8, 16, 32, 32), fc_width=32), official)

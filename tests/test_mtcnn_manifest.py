@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
+from pipeline.checkpoint.pretrained import WeightsMismatchError
 from pipeline.checkpoint.torch_format import load_torch_file
 from pipeline.models.mtcnn import MTCNN, ONet, PNet, RNet, load_official_weights, read_official_npy
 from pipeline.models.mtcnn.nets import linear_weight_keys
@@ -140,11 +141,11 @@ def test_state_dict_unknown_prefix_rejected(flat_state):
 def test_missing_key_named():
     state = {key: value.numpy() for key, value in PNet().state_dict().items()}
     del state["conv4_2.bias"]
-    with pytest.raises(KeyError, match="conv4_2.bias"):
+    with pytest.raises(WeightsMismatchError, match="conv4_2.bias"):
         load_official_weights(PNet(), state)
 
 
 def test_untransposed_linear_weight_rejected():
     state = {key: value.numpy() for key, value in RNet().state_dict().items()}  # Paddle [in, out]
-    with pytest.raises(ValueError, match="features.conv4.weight"):
+    with pytest.raises(WeightsMismatchError, match="features.conv4.weight"):
         load_official_weights(RNet(), state)

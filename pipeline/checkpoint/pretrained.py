@@ -200,26 +200,36 @@ def load_weights(layer, path, kind, config_option=None, prefix=""):
     extras = _checked_extras({key: tensors.pop(key) for key in list(tensors) if key in extra_keys}, label)
     state = {key[len(prefix) :]: value for key, value in tensors.items()}
 
+    assign_state(layer, state, label, metadata.get("kind"))
+    return LoadedWeights(os.fspath(path), metadata.get("kind"), metadata, extras, opts)
+
+
+def assign_state(layer, state, label, kind):
+    """Fill `layer` from `state` ({our key: array}) strictly; on any problem leave it unchanged.
+
+    Raises WeightsMismatchError naming the missing and unexpected keys, the shape mismatches
+    and the invalid values (wrong dtype kind, non-finite). `label` names the source in messages
+    and `kind` the checkpoint it should come from.
+    """
     own_state = layer.state_dict()
     missing = set(own_state) - set(state)
     unexpected = set(state) - set(own_state)
     shape_mismatches = [
-        f"{key}: file {list(state[key].shape)}, layer {list(own_state[key].shape)}"
+        f"{key}: file {list(np.shape(state[key]))}, layer {list(own_state[key].shape)}"
         for key in sorted(set(state) & set(own_state))
-        if list(state[key].shape) != list(own_state[key].shape)
+        if list(np.shape(state[key])) != list(own_state[key].shape)
     ]
     if missing or unexpected or shape_mismatches:
-        raise WeightsMismatchError(_mismatch_message(layer, label, metadata.get("kind"), missing, unexpected, shape_mismatches))
+        raise WeightsMismatchError(_mismatch_message(layer, label, kind, missing, unexpected, shape_mismatches))
 
     values, value_problems = {}, []
     for key, tensor in own_state.items():
-        values[key], problem = _checked_value(key, state[key], tensor.dtype)
+        values[key], problem = _checked_value(key, np.asarray(state[key]), tensor.dtype)
         if problem:
             value_problems.append(problem)
     if value_problems:
-        raise WeightsMismatchError(_mismatch_message(layer, label, metadata.get("kind"), (), (), (), value_problems))
+        raise WeightsMismatchError(_mismatch_message(layer, label, kind, (), (), (), value_problems))
 
     # state_dict() returns the live parameters and buffers, so set_value fills the layer in place.
     for key, tensor in own_state.items():
         tensor.set_value(values[key])
-    return LoadedWeights(os.fspath(path), metadata.get("kind"), metadata, extras, opts)

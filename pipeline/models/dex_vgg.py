@@ -80,30 +80,17 @@ def load_official_dex_weights(dex, official_state):
 
     Accepts the file's top level `{'state_dict': ...}` or the inner dict. Every '-' in a key
     becomes '_', as in the official loader, and the fc weights are transposed to [in, out].
-    Raises KeyError naming missing or unexpected keys and ValueError on a shape mismatch.
+    Raises WeightsMismatchError naming missing or unexpected keys and shape mismatches.
     """
+    from pipeline.checkpoint.pretrained import assign_state
+
     if "state_dict" in official_state:
         official_state = official_state["state_dict"]
-    renamed = {key.replace("-", "_"): value for key, value in official_state.items()}
-
-    own_state = dex.state_dict()
-    missing = sorted(set(own_state) - set(renamed))
-    unexpected = sorted(set(renamed) - set(own_state))
-    if missing or unexpected:
-        raise KeyError(
-            f"DEX weights do not match the network: missing keys {missing}, unexpected keys "
-            f"{unexpected}; pass the official dex_age_classifier state_dict"
-        )
-
-    converted = {}
-    for key, param in own_state.items():
-        value = np.asarray(renamed[key], dtype=np.float32)
+    state = {}
+    for key, value in official_state.items():
+        key = key.replace("-", "_")
+        value = np.asarray(value)
         if key.startswith("fc") and key.endswith(".weight"):
             value = value.T  # official nn.Linear is [out, in]
-        if list(value.shape) != list(param.shape):
-            raise ValueError(
-                f"DEX weight {key!r} has shape {list(value.shape)} after conversion but the network "
-                f"expects {list(param.shape)}; check conv_widths and fc_width"
-            )
-        converted[key] = value
-    dex.set_state_dict(converted)
+        state[key] = value
+    assign_state(dex, state, "official DEX state_dict", "dex_age_classifier.pth")

@@ -156,22 +156,8 @@ def lpips_state_from_official(alexnet_state, lin_state):
 def load_lpips_weights(lpips, state):
     """Load an LPIPS state_dict (arrays keyed like `LPIPS.state_dict()`) into `lpips` strictly.
 
-    Raises KeyError naming missing or unexpected keys and ValueError on a shape mismatch.
+    Raises WeightsMismatchError naming missing or unexpected keys and shape mismatches.
     """
-    own_state = lpips.state_dict()
-    missing = sorted(set(own_state) - set(state))
-    unexpected = sorted(set(state) - set(own_state))
-    if missing or unexpected:
-        raise KeyError(
-            f"LPIPS weights do not match the network: missing keys {missing}, unexpected keys "
-            f"{unexpected}; build the state with lpips_state_from_official() from the upstream files"
-        )
-    converted = {}
-    for key, tensor in own_state.items():
-        value = np.asarray(state[key], dtype=np.float32)
-        if list(value.shape) != list(tensor.shape):
-            raise ValueError(
-                f"LPIPS weight {key!r} has shape {list(value.shape)}, expected {list(tensor.shape)}"
-            )
-        converted[key] = value
-    lpips.set_state_dict(converted)
+    from pipeline.checkpoint.pretrained import assign_state
+
+    assign_state(lpips, state, "LPIPS state_dict", "LPIPS (lpips_state_from_official of the upstream files)")

@@ -6,7 +6,6 @@ where the official files store [out, in]. `load_official_weights` transposes the
 """
 
 import numpy as np
-import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
@@ -151,28 +150,12 @@ def load_official_weights(net, official_state):
     """Load a state dict in the official PyTorch layout into `net`, strictly.
 
     `official_state` maps the official keys to arrays; nn.Linear weights are [out, in] and
-    get transposed. Raises KeyError on missing or unexpected keys and ValueError on a
-    shape mismatch, naming the keys.
+    get transposed. Raises WeightsMismatchError naming missing or unexpected keys and shape
+    mismatches.
     """
-    own_state = net.state_dict()
-    missing = sorted(set(own_state) - set(official_state))
-    unexpected = sorted(set(official_state) - set(own_state))
-    if missing or unexpected:
-        raise KeyError(
-            f"{type(net).__name__} weights do not match: missing keys {missing}, unexpected keys "
-            f"{unexpected}; pass the official {type(net).__name__} state dict (prefix stripped)"
-        )
+    from pipeline.checkpoint.pretrained import assign_state
 
     transposed = linear_weight_keys(net)
-    converted = {}
-    for key, param in own_state.items():
-        value = np.asarray(official_state[key], dtype=np.float32)
-        if key in transposed:
-            value = value.T
-        if list(value.shape) != list(param.shape):
-            raise ValueError(
-                f"{type(net).__name__} weight {key!r} has shape {list(value.shape)} after "
-                f"conversion, expected {list(param.shape)}"
-            )
-        converted[key] = paddle.to_tensor(np.ascontiguousarray(value))
-    net.set_state_dict(converted)
+    state = {key: np.asarray(value).T if key in transposed else np.asarray(value)
+             for key, value in official_state.items()}
+    assign_state(net, state, f"official {type(net).__name__} state dict", f"MTCNN {type(net).__name__}")
