@@ -19,7 +19,7 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A config file or override that names an unknown key or holds an invalid value."""
+    """A config file or override that names an unknown key or contains an invalid value."""
 
 
 def doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):

@@ -2,14 +2,14 @@
 
 webdataset's own splitters read torch or the RANK/WORLD_SIZE variables, which Paddle does not set,
 so the split here is explicit and exact. For every epoch, all ranks shuffle the shard order with
-the same seed and lay the samples end to end; rank r takes the r-th of `world_size` equal
-contiguous ranges (the last `total % world_size` samples of that epoch's order are left out), so
-ranks see disjoint samples and the same sample count. Each rank's range is split the same way
-across its DataLoader workers. The stream never ends: training length is `train.max_steps`, so
-every rank runs the same number of steps and no collective waits at an epoch end.
+the same seed and lay the samples end to end. Rank r takes the r-th of `world_size` equal
+contiguous ranges, and the last `total % world_size` samples of that epoch's order are left out.
+Ranks therefore see disjoint samples and the same sample count. Each rank's range is split the
+same way across its DataLoader workers. The stream never ends, because training length is
+`train.max_steps`: every rank runs the same number of steps and no collective waits at an epoch end.
 
-Resuming is exact: the order depends only on (seed, epoch, rank, worker), flips on (seed, epoch,
-key), and a worker skips the samples its rank already consumed before decoding them.
+Resuming is exact. The order depends only on (seed, epoch, rank, worker) and the flips on (seed,
+epoch, key), and a worker skips the samples its rank already consumed before decoding them.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def read_shard_index(folder: str | Path, resolution: int | None = None) -> list[
             raise ShardIndexError(f"shard {path} is listed in index.json but missing; rebuild or restore it")
         shards.append(ShardInfo(path=path, num_samples=count))
     if not shards or sum(s.num_samples for s in shards) == 0:
-        raise ShardIndexError(f"shard folder {folder} holds no samples; check the --input of shards/build.py")
+        raise ShardIndexError(f"shard folder {folder} contains no samples; check the --input of shards/build.py")
     return shards
 
 
@@ -212,7 +212,7 @@ class ShardStream(paddle.io.IterableDataset):
         readers = world_size * max(num_workers, 1)
         if total // readers < 1:
             raise ShardIndexError(
-                f"shard folder {shard_dir} holds {total} samples, too few for {world_size} rank(s) x "
+                f"shard folder {shard_dir} contains {total} samples, too few for {world_size} rank(s) x "
                 f"{max(num_workers, 1)} loader worker(s); lower data.num_workers or add images"
             )
         self.resolution = resolution

@@ -221,7 +221,7 @@ def set_aside_newer_checkpoints(output_dir: str | Path, start_step: int) -> Path
     """Move checkpoints past `start_step` into checkpoints/superseded/, so pruning never deletes them.
 
     A run that starts over (--resume none) or from an older checkpoint begins a new line of
-    steps; the checkpoints of the abandoned line are kept, not silently replaced or pruned.
+    steps. The checkpoints of the abandoned line are kept, not silently replaced or pruned.
     """
     newer = [folder for step, folder in list_complete_checkpoints(output_dir) if step > start_step]
     if not newer:

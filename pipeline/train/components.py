@@ -40,7 +40,7 @@ def load_file_into(layer: paddle.nn.Layer, path: str, kind: str, option: str, pr
 def build_sam(cfg: Config, encoder_from_checkpoint: bool = False) -> SAM:
     """Build SAM and fill it from weights.sam, or from the generator, pSp and IR-SE50 files.
 
-    `encoder_from_checkpoint` says that a training checkpoint fills the age encoder next, so its
+    `encoder_from_checkpoint` means that a training checkpoint fills the age encoder next, so its
     IR-SE50 initialisation is skipped.
     """
     sam = SAM(cfg.model)

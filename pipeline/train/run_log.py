@@ -109,7 +109,7 @@ class RunLogger:
             # VisualDL names its file by the second it was created, so two writers created in the same
             # second would share it. The name carries the process id too.
             # NOTE: VisualDL cannot drop records, so steps redone after a resume appear twice there;
-            # stats.jsonl holds each step once.
+            # stats.jsonl contains each step once.
             file_name = f"vdlrecords.{int(time.time())}.{os.getpid()}.log"
             self.writer = LogWriter(logdir=str(self.vdl_dir), file_name=file_name)
         return self.writer

@@ -99,8 +99,8 @@ class Trainer:
         self.optimizer = wrap_optimizer(build_optimizer(cfg, self.sam), dist_info)
         self.objective = SamObjective(cfg.loss, self.parts.id_loss, self.parts.lpips, self.parts.aging)
 
-        # Resume from the newest intact checkpoint, or the one named; newer checkpoints of an
-        # abandoned run are set aside so that pruning never deletes what this run writes.
+        # Resume from the newest intact checkpoint, or the one named. Newer checkpoints of an
+        # abandoned run are set aside, so pruning never deletes what this run writes.
         self.resumed_from = ckpt.resolve_resume(resume, self.output_dir)
         if self.resumed_from is not None:
             self._load(self.resumed_from)
