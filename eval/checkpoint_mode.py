@@ -56,7 +56,8 @@ def weight_files(cfg: Config, checkpoint: str | Path, plan: MetricPlan) -> list[
 
 
 def build_checkpoint_report(cfg: Config, config_dict: dict, checkpoint: str | Path, plan: MetricPlan,
-                            result: EvalResult) -> dict:
+                            result: EvalResult, weights: list[dict]) -> dict:
+    """Assemble report.json; `weights` describes the weight files as they were when loaded."""
     fields = plan.fields()
     return {
         "format": REPORT_FORMAT,
@@ -74,7 +75,7 @@ def build_checkpoint_report(cfg: Config, config_dict: dict, checkpoint: str | Pa
         "summary": summarize(result.records, fields, cfg.eval.ages),
         "alignment_failures": alignment_failures(result.records) if plan.runs("id") else None,
         "samples": result.records,
-        "weights": weight_files(cfg, checkpoint, plan),
+        "weights": weights,
         "config": config_dict,
     }
 
@@ -89,12 +90,14 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, info: DistInfo,
     """Score `checkpoint` on data.test_shards across all ranks; rank 0 writes the report and returns its folder."""
     if not cfg.data.test_shards:
         raise ConfigError("data.test_shards is not set; point it at test shards built by shards/build.py")
-    read_shard_index(cfg.data.test_shards, cfg.data.resolution)  # fail before building any network
+    read_shard_index(cfg.data.test_shards, cfg.data.resolution, option="data.test_shards")  # before any network
     checkpoint = resolve_checkpoint(cfg, checkpoint)
     config_dict = config_to_dict(cfg)
     plan = plan_metrics(cfg, list(metrics))
 
-    # Build the model and the metric networks.
+    # Hash the weight files, then build the model and the metric networks from them. The files are
+    # hashed first because a training run may prune the checkpoint while the evaluation runs.
+    weights = weight_files(cfg, checkpoint, plan)
     sam = load_sam(cfg, checkpoint)
     networks = build_metric_networks(cfg, plan)
     evaluator = Evaluator(sam, networks, plan, cfg.eval.ages, cfg.eval.batch_size)
@@ -105,7 +108,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, info: DistInfo,
              info.world_size, result.elapsed_sec)
     if not info.is_main:
         return None
-    report = build_checkpoint_report(cfg, config_dict, checkpoint, plan, result)
+    report = build_checkpoint_report(cfg, config_dict, checkpoint, plan, result, weights)
     folder = write_report(Path(cfg.output_dir) / "eval" / checkpoint_name(checkpoint), report,
                           checkpoint_grid(result, cfg.eval.ages))
     log.info("wrote %s", folder / "report.html")

@@ -195,9 +195,14 @@ def build_metric_networks(cfg: Config, plan: MetricPlan, lpips: LPIPS | None = N
 
 
 def lpips_distances(lpips: LPIPS, generated: paddle.Tensor, reference: paddle.Tensor) -> np.ndarray:
-    """Return the LPIPS distance of each pair of [B, 3, 256, 256] images in [-1, 1], float64 [B]."""
+    """Return the LPIPS distance of each pair of [B, 3, 256, 256] images in [-1, 1], float64 [B].
+
+    Each pair runs alone: float32 kernels round differently with the batch size, and the score of
+    an image must not depend on which images share its batch (that differs with the rank count).
+    """
     with paddle.no_grad():
-        return lpips(generated, reference).numpy().astype(np.float64)
+        return np.concatenate([lpips(generated[i:i + 1], reference[i:i + 1]).numpy()
+                               for i in range(generated.shape[0])]).astype(np.float64)
 
 
 def mse_per_image(generated: paddle.Tensor, reference: paddle.Tensor) -> np.ndarray:
@@ -211,7 +216,9 @@ def mse_per_image(generated: paddle.Tensor, reference: paddle.Tensor) -> np.ndar
 def predicted_ages_years(dex: paddle.nn.Layer, images: paddle.Tensor) -> np.ndarray:
     """Return DEX's expected age of each [B, 3, H, W] image in [-1, 1], in years, float64 [B]."""
     with paddle.no_grad():
-        return estimate_ages(dex, images).numpy().astype(np.float64)
+        # One image at a time, for the reason lpips_distances gives.
+        return np.concatenate([estimate_ages(dex, images[i:i + 1]).numpy()
+                               for i in range(images.shape[0])]).astype(np.float64)
 
 
 def crop_to_signed(crop: Image.Image) -> np.ndarray:

@@ -153,13 +153,18 @@ def header_lines(report: dict) -> list[str]:
 # Rendering.
 
 
+def _markdown_text(text: str) -> str:
+    """Escape HTML markup, which many Markdown renderers pass through, in one line of report text."""
+    return html.escape(str(text), quote=False).replace("\n", " ")
+
+
 def _markdown_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _markdown_text(text).replace("|", "\\|")
 
 
 def render_markdown(report: dict, tables: list[Table]) -> str:
     out = [f"# {report_title(report)}", ""]
-    out += [f"- {line}" for line in header_lines(report)]
+    out += [f"- {_markdown_text(line)}" for line in header_lines(report)]
     for table in tables:
         out += ["", f"## {table.title}", ""]
         if not table.rows:
@@ -220,22 +225,27 @@ def render_html(report: dict, tables: list[Table], grid: Grid | None) -> str:
 # Writing.
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
-    staging = path.with_name(f".{path.name}.tmp")
-    with open(staging, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(staging, path)
-
-
 def write_report(folder: str | Path, report: dict, grid: Grid | None) -> Path:
     """Write report.json, report.md and report.html into `folder`; return the folder."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tables = summary_tables(report) + detail_tables(report)
-    atomic_write_text(folder / "report.json", json.dumps(report, indent=1) + "\n")
-    atomic_write_text(folder / "report.md", render_markdown(report, tables))
-    atomic_write_text(folder / "report.html", render_html(report, tables, grid))
+    texts = {
+        "report.json": json.dumps(report, indent=1) + "\n",
+        "report.md": render_markdown(report, tables),
+        "report.html": render_html(report, tables, grid),
+    }
+    # Render all three first and publish them together, so a crash leaves no mix of two runs
+    # except in the moment between three renames. NOTE: not one atomic step, because the folder
+    # may hold the user's own files (folder mode's --output), which a folder swap would remove.
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = []
+    for name, text in texts.items():
+        staging = folder / f".{name}.tmp"
+        with open(staging, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        staged.append((staging, folder / name))
+    for staging, final in staged:
+        os.replace(staging, final)
     return folder

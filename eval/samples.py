@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from pipeline.data.stream import IMAGE_SUFFIXES, SampleRange, ShardReadError, read_range, read_shard_index
+from pipeline.data.stream import IMAGE_FORMATS, IMAGE_SUFFIXES, SampleRange, ShardReadError, read_range, read_shard_index
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class EvalImage:
 
 def count_test_images(shard_dir: str | Path, resolution: int) -> int:
     """Return the number of samples index.json lists for the test shards."""
-    return sum(shard.num_samples for shard in read_shard_index(shard_dir, resolution))
+    return sum(shard.num_samples for shard in read_shard_index(shard_dir, resolution, option="data.test_shards"))
 
 
 def rank_indices(total: int, rank: int, world_size: int) -> list[int]:
@@ -40,7 +40,12 @@ def rank_indices(total: int, rank: int, world_size: int) -> list[int]:
 def decode_pixels(sample: dict, resolution: int) -> np.ndarray:
     """Decode a shard sample's image to [resolution, resolution, 3] uint8 RGB."""
     suffix = next(s for s in IMAGE_SUFFIXES if s in sample)
-    with Image.open(io.BytesIO(sample[suffix])) as img:
+    try:
+        img = Image.open(io.BytesIO(sample[suffix]), formats=IMAGE_FORMATS)
+    except (OSError, SyntaxError) as exc:  # PIL raises these for undecodable data
+        raise ShardReadError(f"sample {sample['__key__']!r} in {sample.get('__url__')} is not a JPEG or PNG image "
+                             f"({exc}); run `python shards/verify.py` on the shard folder") from exc
+    with img:
         pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
     if pixels.shape[:2] != (resolution, resolution):
         raise ShardReadError(
@@ -57,7 +62,7 @@ def read_test_images(shard_dir: str | Path, resolution: int, indices: list[int])
     requested sample to the last one, and only the requested samples are decoded.
     """
     requested = sorted(set(indices))
-    shards = read_shard_index(shard_dir, resolution)
+    shards = read_shard_index(shard_dir, resolution, option="data.test_shards")
     offset = 0
     cursor = 0
     for shard in shards:

@@ -70,9 +70,9 @@ def run(args, cfg) -> int:
 
     try:
         if args.folder_mode:
-            metrics = parse_metric_names(args.metrics or FOLDER_METRICS, FOLDER_NAMES)
+            metrics = parse_metric_names(FOLDER_METRICS if args.metrics is None else args.metrics, FOLDER_NAMES)
         else:
-            metrics = parse_metric_names(args.metrics or CHECKPOINT_METRICS, METRICS)
+            metrics = parse_metric_names(CHECKPOINT_METRICS if args.metrics is None else args.metrics, METRICS)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from PIL import Image
 from pipeline.config import Config, config_to_dict
 from pipeline.models.sam import SAM, add_age_channel
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.components import build_sam, load_model_state
+from pipeline.train.components import build_sam, load_file_into, load_model_state
 from pipeline.train.run_log import to_uint8_image
 
 log = logging.getLogger("sam")
@@ -77,8 +77,8 @@ def load_sam(cfg: Config, checkpoint: str | None) -> SAM:
     # come out identical here.
     paddle.seed(cfg.train.seed)
     if checkpoint is not None and Path(checkpoint).is_file():
-        cfg.weights.sam = checkpoint
-        sam = build_sam(cfg)
+        sam = SAM(cfg.model)
+        load_file_into(sam, checkpoint, "sam", "--checkpoint")
     else:
         sam = build_sam(cfg, encoder_from_checkpoint=checkpoint is not None)
         if checkpoint is not None:

@@ -60,5 +60,5 @@ def test_mismatched_model_config_names_the_keys(converted_sam, tmp_path):
                "--output", str(tmp_path / "out")]
     result = subprocess.run(command, cwd=REPO_ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "weights.sam" in result.stderr
+    assert "--checkpoint" in result.stderr
     assert "decoder.style" in result.stderr

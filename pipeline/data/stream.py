@@ -64,14 +64,18 @@ class SampleRange:
         return self.stop - self.start
 
 
-def read_shard_index(folder: str | Path, resolution: int | None = None) -> list[ShardInfo]:
-    """Read `<folder>/index.json` and return its shards, checking that each file exists."""
+def read_shard_index(folder: str | Path, resolution: int | None = None,
+                     option: str = "data.train_shards") -> list[ShardInfo]:
+    """Read `<folder>/index.json` and return its shards, checking that each file exists.
+
+    `option` names the config key that set `folder`, for messages.
+    """
     folder = Path(folder)
     index_path = folder / "index.json"
     if not index_path.is_file():
         raise ShardIndexError(
             f"no index.json in shard folder {folder}; build shards with "
-            f"`python shards/build.py --input IMAGES --output {folder}` or fix data.train_shards"
+            f"`python shards/build.py --input IMAGES --output {folder}` or fix {option}"
         )
     try:
         index = json.loads(index_path.read_text())
@@ -148,6 +152,11 @@ def read_range(sample_range: SampleRange) -> Iterator[dict]:
             files = ({**f, "__url__": str(path)} for f in tar_file_iterator(stream))
             for sample in group_by_keys(files):
                 if index >= sample_range.stop:
+                    if sample_range.stop == sample_range.shard.num_samples:
+                        raise ShardReadError(
+                            f"shard {path} contains more samples than the {sample_range.shard.num_samples} that "
+                            "index.json lists; run `python shards/verify.py` on the shard folder"
+                        )
                     return
                 if index >= sample_range.start:
                     if "json" not in sample or not any(s in sample for s in IMAGE_SUFFIXES):
