@@ -6,12 +6,13 @@ import pytest
 from pipeline.train import checkpoint as ckpt
 
 
-def save(tmp_path, step, keep=3):
+def save(tmp_path, step, keep=3, lineage="a"):
     return ckpt.save_checkpoint(
         tmp_path, step,
         model_state={"encoder.w": np.full([2, 3], step, dtype=np.float32), "encoder.n": np.array(step, dtype=np.int64)},
         optimizer_state={"state": {"encoder.w": {"step": step, "exp_avg": np.ones(3, dtype=np.float32)}}},
-        scaler_state=None, trainer_state={"step": step}, config={"output_dir": str(tmp_path)}, keep=keep,
+        scaler_state=None, trainer_state={"step": step, "lineage": lineage}, config={"output_dir": str(tmp_path)},
+        keep=keep,
     )
 
 
@@ -21,7 +22,7 @@ def test_round_trip_keeps_values_and_shapes(tmp_path):
     np.testing.assert_array_equal(data["model"]["encoder.w"], np.full([2, 3], 5))
     assert data["model"]["encoder.n"].shape == ()
     assert data["optimizer"]["state"]["encoder.w"]["step"] == 5
-    assert data["trainer_state"] == {"step": 5}
+    assert data["trainer_state"] == {"step": 5, "lineage": "a"}
 
 
 def test_newest_complete_checkpoint_wins(tmp_path):
@@ -87,7 +88,7 @@ def test_truncated_json_is_detected(tmp_path):
 def test_restart_sets_newer_checkpoints_aside(tmp_path):
     save(tmp_path, 2)
     save(tmp_path, 4)
-    archive = ckpt.set_aside_newer_checkpoints(tmp_path, start_step=2)
+    archive = ckpt.set_aside_newer_checkpoints(tmp_path, start_step=2, lineage="a")
     assert (archive / "step_4" / ckpt.COMPLETE_MARKER).is_file()
     save(tmp_path, 3, keep=1)
     assert [s for s, _ in ckpt.list_complete_checkpoints(tmp_path)] == [3]
@@ -96,3 +97,28 @@ def test_restart_sets_newer_checkpoints_aside(tmp_path):
 def test_saved_files_are_readable_by_group(tmp_path):
     folder = save(tmp_path, 2)
     assert all(path.stat().st_mode & 0o044 == 0o044 for path in folder.iterdir())
+
+
+def test_other_lineage_and_its_best_set_aside(tmp_path):
+    old_run = save(tmp_path, 2, lineage="old")
+    ckpt.publish_best(tmp_path, old_run)
+    save(tmp_path, 4, lineage="old")
+    archive = ckpt.set_aside_newer_checkpoints(tmp_path, start_step=0, lineage="new")
+    assert sorted(p.name for p in archive.iterdir()) == ["best", "step_2", "step_4"]
+    assert ckpt.list_complete_checkpoints(tmp_path) == []
+
+
+def test_resumed_lineage_keeps_its_checkpoints(tmp_path):
+    save(tmp_path, 2, lineage="a")
+    save(tmp_path, 4, lineage="b")
+    archive = ckpt.set_aside_newer_checkpoints(tmp_path, start_step=4, lineage="b")
+    assert [p.name for p in archive.iterdir()] == ["step_2"]
+    assert [s for s, _ in ckpt.list_complete_checkpoints(tmp_path)] == [4]
+
+
+def test_best_restored_after_crash_between_renames(tmp_path):
+    folder = save(tmp_path, 2)
+    best = ckpt.publish_best(tmp_path, folder)
+    best.rename(best.with_name(".best.old"))  # as if killed after the first rename
+    ckpt.set_aside_newer_checkpoints(tmp_path, start_step=2, lineage="a")
+    assert (best / ckpt.COMPLETE_MARKER).is_file()

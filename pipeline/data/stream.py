@@ -240,9 +240,18 @@ class ShardStream(paddle.io.IterableDataset):
         info = paddle.io.get_worker_info()
         return (0, 1) if info is None else (info.id, info.num_workers)
 
-    def _skip_samples(self, worker_id: int, num_workers: int) -> int:
-        # The DataLoader takes batches from workers in turn: batch k came from worker k % num_workers.
-        own_batches = (self.skip_batches - worker_id + num_workers - 1) // num_workers
+    def _role(self, worker_id: int, num_workers: int) -> int:
+        """Return which worker of the original run this worker continues.
+
+        The DataLoader takes batches from its workers in turn, starting at worker 0, so batch k of
+        a run came from worker k % num_workers. After a resume at batch s, the new worker w serves
+        batches s + w, s + w + num_workers, ..., which the original worker (s + w) % num_workers served.
+        """
+        return (worker_id + self.skip_batches) % num_workers
+
+    def _skip_samples(self, role: int, num_workers: int) -> int:
+        """Return the samples the original worker `role` had delivered in the first skip_batches batches."""
+        own_batches = (self.skip_batches - role + num_workers - 1) // num_workers
         return max(own_batches, 0) * self.batch_size
 
     def _epoch_samples(self, epoch: int, worker_id: int, num_workers: int, errors: list[int]) -> Iterator[dict]:
@@ -258,18 +267,19 @@ class ShardStream(paddle.io.IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         worker_id, num_workers = self._worker()
+        role = self._role(worker_id, num_workers)
         per_epoch = samples_per_worker_epoch(self.shards, self.world_size, num_workers)
         if per_epoch == 0:
             raise ShardIndexError(
                 f"{sum(s.num_samples for s in self.shards)} samples cannot feed {self.world_size} ranks x "
                 f"{num_workers} loader workers; lower data.num_workers or add images"
             )
-        skip = self._skip_samples(worker_id, num_workers)
+        skip = self._skip_samples(role, num_workers)
         # Whole epochs are skipped by arithmetic; the rest by reading without decoding.
         epochs_done, skip = divmod(skip, per_epoch)
         errors = [0]
         try:
-            yield from self._samples_from(self.first_epoch + epochs_done, skip, worker_id, num_workers, errors)
+            yield from self._samples_from(self.first_epoch + epochs_done, skip, role, num_workers, errors)
         except ShardReadError as exc:
             self._record_error(exc)
             raise
@@ -307,6 +317,13 @@ class ShardStream(paddle.io.IterableDataset):
                     f"rank {self.rank} worker {worker_id} read no sample in epoch {epoch}: every shard it was given "
                     "is corrupt; run `python shards/verify.py` on the shard folder"
                 )
+
+
+def shard_set_digest(shard_dir: str | Path) -> str:
+    """Return a sha256 over the shard names, sample counts and file hashes that index.json lists."""
+    index = json.loads((Path(shard_dir) / "index.json").read_text())
+    entries = [[s.get("name"), s.get("samples"), s.get("sha256")] for s in index.get("shards", [])]
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
 def read_data_error(error_dir: str | Path, rank: int) -> str | None:

@@ -169,6 +169,7 @@ def publish_best(output_dir: str | Path, source: Path) -> Path:
     """Copy a complete checkpoint to `checkpoints/best/`, replacing the previous best atomically."""
     root = checkpoint_root(output_dir)
     best, staging, retired = root / "best", root / ".best.tmp", root / ".best.old"
+    _recover_best(root)
     for stale in (staging, retired):
         if stale.exists():
             shutil.rmtree(stale)
@@ -217,22 +218,52 @@ def newest_intact_checkpoint(output_dir: str | Path) -> Path | None:
     return None
 
 
-def set_aside_newer_checkpoints(output_dir: str | Path, start_step: int) -> Path | None:
-    """Move checkpoints past `start_step` into checkpoints/superseded/, so pruning never deletes them.
+def checkpoint_lineage(folder: Path) -> str | None:
+    """Return the lineage id a checkpoint was written under, or None if it records none."""
+    try:
+        return json.loads((Path(folder) / "trainer_state.json").read_text()).get("lineage") or None
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def _belongs_elsewhere(step: int, folder: Path, start_step: int, lineage: str) -> bool:
+    other = checkpoint_lineage(folder)
+    return step > start_step or (other is not None and other != lineage)
+
+
+def set_aside_newer_checkpoints(output_dir: str | Path, start_step: int, lineage: str) -> Path | None:
+    """Move checkpoints of other runs into checkpoints/superseded/, so pruning never deletes them.
 
     A run that starts over (--resume none) or from an older checkpoint begins a new line of
-    steps. The checkpoints of the abandoned line are kept, not silently replaced or pruned.
+    steps, identified by `lineage`. Checkpoints past `start_step`, checkpoints of another lineage
+    and a best/ copy of either are kept under superseded/, not silently replaced or pruned.
     """
-    newer = [folder for step, folder in list_complete_checkpoints(output_dir) if step > start_step]
-    if not newer:
+    root = checkpoint_root(output_dir)
+    _recover_best(root)
+    moving = [folder for step, folder in list_complete_checkpoints(output_dir)
+              if _belongs_elsewhere(step, folder, start_step, lineage)]
+    best = root / "best"
+    if best.is_dir():
+        best_step = json.loads((best / COMPLETE_MARKER).read_text()).get("step", 0) if (best / COMPLETE_MARKER).is_file() else 0
+        if _belongs_elsewhere(best_step, best, start_step, lineage):
+            moving.append(best)
+    if not moving:
         return None
-    archive = checkpoint_root(output_dir) / "superseded" / f"from_step_{start_step}_{time.strftime('%Y%m%d-%H%M%S')}"
+    archive = root / "superseded" / f"from_step_{start_step}_{time.strftime('%Y%m%d-%H%M%S')}"
     archive.mkdir(parents=True)
-    for folder in newer:
+    for folder in moving:
         os.rename(folder, archive / folder.name)
-    log.warning("this run starts at step %d, so %d newer checkpoint(s) of an earlier run moved to %s",
-                start_step, len(newer), archive)
+    log.warning("this run (lineage %s) starts at step %d, so %d checkpoint(s) of other runs moved to %s",
+                lineage, start_step, len(moving), archive)
     return archive
+
+
+def _recover_best(root: Path) -> None:
+    """Restore best/ if a crash struck between the two renames of publish_best."""
+    best, retired = root / "best", root / ".best.old"
+    if not best.exists() and retired.is_dir():
+        os.rename(retired, best)
+        log.warning("restored %s, which a crash left as %s", best, retired)
 
 
 def resolve_resume(resume: str, output_dir: str | Path, option: str = "--resume") -> Path | None:

@@ -30,13 +30,18 @@ class OutputDirBusyError(RuntimeError):
 def lock_output_dir(output_dir: Path):
     """Take an exclusive lock on `<output_dir>/train.lock`, held until the process exits.
 
-    The operating system releases the lock when the process dies, so a crashed run leaves no stale lock.
+    It is a POSIX record lock (lockf): the kernel releases it when this process dies, and forked
+    DataLoader workers do not inherit it, so a crashed run leaves no stale lock behind.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(output_dir / "train.lock", "a+")
+    lock_path = output_dir / "train.lock"
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        handle = open(lock_path, "a+")
+    except OSError as exc:
+        raise OutputDirBusyError(f"cannot open {lock_path}: {exc}; choose an output_dir you can write to") from exc
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # EACCES or EAGAIN: another process holds it
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
@@ -61,6 +66,8 @@ def train(cfg: Config, resume: str = "auto") -> None:
     if info.is_main:
         try:
             lock = lock_output_dir(Path(cfg.output_dir))
+        except OSError as exc:  # e.g. output_dir is a file or cannot be created
+            busy = OutputDirBusyError(f"cannot use output_dir {cfg.output_dir}: {exc}")
         except OutputDirBusyError as exc:
             busy = exc
     if any_rank_failed(busy is not None, info):

@@ -54,16 +54,20 @@ def image_grid(rows: list[list[np.ndarray]]) -> np.ndarray:
 STATUS_TERMS = ("l2", "lpips", "id", "aging", "w_norm")
 
 
-def _record_step(line: str) -> int | None:
-    """Return the step of a stats.jsonl line, or None for a line cut short by a crash."""
+def _parse_record(line: str) -> dict | None:
+    """Return a stats.jsonl record, or None for a damaged line (cut short by a crash, or edited)."""
     try:
-        return json.loads(line).get("step", 0)
+        record = json.loads(line)
     except json.JSONDecodeError:
         return None
+    if not isinstance(record, dict):
+        return None
+    step = record.get("step")
+    return record if isinstance(step, int) and not isinstance(step, bool) else None
 
 
-def drop_records_after(stats_path: Path, step: int) -> None:
-    """Move stats.jsonl records past `step` (and cut-short lines) to stats.superseded.jsonl.
+def drop_records_after(stats_path: Path, step: int, lineage: str | None = None) -> None:
+    """Move records past `step`, records of another lineage and damaged lines to stats.superseded.jsonl.
 
     Steps redone after a resume are then logged once, and nothing an earlier run logged is lost.
     """
@@ -73,8 +77,9 @@ def drop_records_after(stats_path: Path, step: int) -> None:
              if line.strip()]
     kept, moved = [], []
     for line in lines:
-        record_step = _record_step(line)
-        (kept if record_step is not None and record_step <= step else moved).append(line)
+        record = _parse_record(line)
+        same_line = record is not None and record.get("lineage") in (None, lineage)
+        (kept if same_line and record["step"] <= step else moved).append(line)
     if not moved:
         return
     log.info("moving %d stats.jsonl record(s) past step %d, the step this run starts from, to "
@@ -89,8 +94,10 @@ def drop_records_after(stats_path: Path, step: int) -> None:
 class RunLogger:
     """Writes the status line, stats.jsonl and VisualDL records; every method is a no-op off rank 0."""
 
-    def __init__(self, output_dir: str | Path, rank: int, max_steps: int, start_step: int = 0):
+    def __init__(self, output_dir: str | Path, rank: int, max_steps: int, start_step: int = 0,
+                 lineage: str | None = None):
         self.enabled = rank == 0
+        self.lineage = lineage
         self.max_steps = max_steps
         self.writer = None
         if not self.enabled:
@@ -98,7 +105,7 @@ class RunLogger:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.stats_path = out / "stats.jsonl"
-        drop_records_after(self.stats_path, start_step)
+        drop_records_after(self.stats_path, start_step, lineage)
         self.vdl_dir = out / "vdl"
 
     def _vdl(self):
@@ -129,7 +136,7 @@ class RunLogger:
         )
         log.info(line)
         with open(self.stats_path, "a") as f:
-            f.write(json.dumps({"step": step, **record}) + "\n")
+            f.write(json.dumps({"step": step, **record, "lineage": self.lineage}) + "\n")
         for key, value in record.items():
             if isinstance(value, (int, float)):
                 self._vdl().add_scalar(f"train/{key}", float(value), step)
@@ -139,7 +146,7 @@ class RunLogger:
         if not self.enabled:
             return
         with open(self.stats_path, "a") as f:
-            f.write(json.dumps({"step": step, prefix: values}) + "\n")
+            f.write(json.dumps({"step": step, prefix: values, "lineage": self.lineage}) + "\n")
         for key, value in values.items():
             self._vdl().add_scalar(f"{prefix}/{key}", float(value), step)
 

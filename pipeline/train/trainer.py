@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import paddle
 
 from pipeline.config import Config, config_to_dict
-from pipeline.data.stream import ShardStream, first_images, read_data_error, read_shard_index
+from pipeline.data.stream import ShardStream, first_images, read_data_error, read_shard_index, shard_set_digest
 from pipeline.losses.objective import SamObjective
 from pipeline.models.sam import add_age_channel
 from pipeline.train import checkpoint as ckpt
@@ -40,6 +41,7 @@ class TrainerState:
     best_metric: float | None = None
     best_step: int | None = None
     data_errors: int = 0
+    lineage: str = ""  # id of this line of steps; a fresh start gets a new one, a resume keeps it
 
 
 @dataclass
@@ -76,7 +78,7 @@ def draw_target_ages(input_age: paddle.Tensor, rng: np.random.Generator, keep_pr
 def data_order(cfg: Config) -> dict:
     """Return the settings that fix which sample each batch holds; a resume keeps its position only if equal."""
     return {
-        "data.train_shards": str(Path(cfg.data.train_shards).resolve()),
+        "data.train_shards": shard_set_digest(cfg.data.train_shards),  # content, not path
         "data.num_workers": cfg.data.num_workers,
         "data.shuffle_buffer": cfg.data.shuffle_buffer,
         "train.seed": cfg.train.seed,
@@ -104,9 +106,11 @@ class Trainer:
         self.resumed_from = ckpt.resolve_resume(resume, self.output_dir)
         if self.resumed_from is not None:
             self._load(self.resumed_from)
+        if not self.state.lineage:
+            self.state.lineage = f"{cfg.train.seed}-{int(time.time())}-{uuid.uuid4().hex[:8]}"
         barrier(dist_info)
         if dist_info.is_main:
-            ckpt.set_aside_newer_checkpoints(self.output_dir, self.state.step)
+            ckpt.set_aside_newer_checkpoints(self.output_dir, self.state.step, self.state.lineage)
         barrier(dist_info)
 
         self.stream = ShardStream(
@@ -119,7 +123,8 @@ class Trainer:
         self.loader = paddle.io.DataLoader(
             self.stream, batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers, drop_last=True
         )
-        self.logger = RunLogger(self.output_dir, dist_info.rank, cfg.train.max_steps, start_step=self.state.step)
+        self.logger = RunLogger(self.output_dir, dist_info.rank, cfg.train.max_steps, start_step=self.state.step,
+                                lineage=self.state.lineage)
         self.validator = None
         if cfg.train.val_interval > 0:
             from eval.validation import Validator
