@@ -92,30 +92,26 @@ def make_dex(cfg: Config) -> DexVGG:
     return DexVGG(conv_widths=tuple(cfg.model.dex_conv_widths), fc_width=cfg.model.dex_fc_width)
 
 
-def build_id_loss(cfg: Config) -> IDLoss:
-    backbone = make_id_backbone(cfg)
-    if cfg.weights.irse50:
-        load_file_into(backbone, cfg.weights.irse50, "irse50", "weights.irse50")
+def fill_or_warn(layer, cfg: Config, kind: str, network: str):
+    """Load weights.<kind> into `layer`, or warn that `network` runs on random weights; return `layer`."""
+    path = getattr(cfg.weights, kind)
+    if path:
+        load_file_into(layer, path, kind, f"weights.{kind}")
     else:
-        warn_random_weights("the IR-SE50 identity network", "weights.irse50")
-    return IDLoss(backbone)
+        warn_random_weights(network, f"weights.{kind}")
+    return layer
+
+
+def build_id_loss(cfg: Config) -> IDLoss:
+    return IDLoss(fill_or_warn(make_id_backbone(cfg), cfg, "irse50", "the IR-SE50 identity network"))
 
 
 def build_aging_loss(cfg: Config) -> AgingLoss:
-    dex = make_dex(cfg)
-    if cfg.weights.dex:
-        load_file_into(dex, cfg.weights.dex, "dex", "weights.dex")
-    else:
-        warn_random_weights("the DEX age classifier", "weights.dex")
-    return AgingLoss(dex)
+    return AgingLoss(fill_or_warn(make_dex(cfg), cfg, "dex", "the DEX age classifier"))
 
 
 def build_lpips(cfg: Config) -> LPIPS:
-    lpips = LPIPS("alex")
-    if cfg.weights.lpips:
-        load_file_into(lpips, cfg.weights.lpips, "lpips", "weights.lpips")
-    else:
-        warn_random_weights("LPIPS (AlexNet and its linear heads)", "weights.lpips")
+    lpips = fill_or_warn(LPIPS("alex"), cfg, "lpips", "LPIPS (AlexNet and its linear heads)")
     lpips.freeze()
     return lpips
 
