@@ -1,4 +1,4 @@
-"""The paper config builds networks with exactly the official parameter counts."""
+"""The paper config builds networks with the entry and element counts of the released checkpoints."""
 
 import json
 

@@ -26,7 +26,7 @@ def records(out):
     return [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
 
 
-def test_resume_applies_new_lr_and_restarts_changed_data_order(shards, tmp_path):
+def test_resume_applies_changed_settings(shards, tmp_path):
     out = tmp_path / "run"
     train(out, shards, "train.max_steps=1", "data.num_workers=0")
     logs = train(out, shards, "train.max_steps=2", "data.num_workers=1", "train.learning_rate=0.001")

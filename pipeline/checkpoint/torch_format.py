@@ -652,7 +652,7 @@ def _load_torch_legacy(path):
             ref = refs_by_key[key]
             (numel,) = struct.unpack("<q", _read_exact(file, 8, path, f"the size of storage {key}"))
             if numel != ref.numel:
-                raise CheckpointFormatError(f"{path}: storage {key} holds {numel} elements, its id says {ref.numel}")
+                raise CheckpointFormatError(f"{path}: storage {key} contains {numel} elements, but its persistent id declares {ref.numel}")
             raw = _read_exact(file, ref.num_bytes, path, f"storage {key}")
             storages[key] = _storage_array(path, raw, ref, "little")
     return _Materializer(path, lambda record: _tensor_array(path, record, storages)).run(obj)
@@ -828,7 +828,7 @@ class _ArrayRecord:
         self.has_data = True
 
     def numeric_array(self, where):
-        """Return the array, raising when the record is empty or holds an object."""
+        """Return the array, raising when the record is empty or contains an object."""
         if not self.has_data:
             raise CheckpointFormatError(f"{where} is an array whose data is missing from the pickle")
         if self.array is None:

@@ -41,7 +41,7 @@ def lock_output_dir(output_dir: Path):
         raise OutputDirBusyError(f"cannot open {lock_path}: {exc}; choose an output_dir you can write to") from exc
     try:
         fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # EACCES or EAGAIN: another process holds it
+    except OSError:  # EACCES or EAGAIN: another process has the lock
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
